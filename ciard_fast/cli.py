@@ -1,0 +1,45 @@
+"""The ``ciard-fast`` command: a thin dispatcher.
+
+Each subcommand lives in the module that owns its work and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only wires them up (imported lazily so ``--help`` is instant).
+"""
+import argparse
+import sys
+from importlib import import_module
+
+from .version import __version__
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "train": ("ciard_fast.engine.cli_train", "distil a robust student (no arguments: the embedded digits demo)"),
+    "teacher": ("ciard_fast.engine.cli_teacher", "train a teacher: --method natural | sat | trades"),
+    "eval": ("ciard_fast.attacks.cli_eval", "evaluate a checkpoint under FGSM / PGD / CW / AutoAttack"),
+    "compare": ("ciard_fast.engine.cli_compare", "train several methods on the same data and teachers, one table"),
+}
+
+
+def build_parser(argv_command=None):
+    parser = argparse.ArgumentParser(prog="ciard-fast", description="Fast adversarial robustness distillation.")
+    parser.add_argument("--version", action="version", version=f"ciard-fast {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen subcommand's module is imported (and so only its dependencies).
+        if argv_command == name:
+            import_module(module).add_arguments(p)
+    return parser
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command if command in SUBCOMMANDS else None)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

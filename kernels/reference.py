@@ -1,0 +1,100 @@
+"""Pure-torch definitions of every fused op: the ground truth for tests and benchmarks, and the
+CPU path. Each function here has a Triton twin in this package that must agree with it.
+
+Knows nothing of ciard_fast (kernels are a leaf of the layering).
+"""
+import torch
+import torch.nn.functional as F
+
+# The "+1e-5" inside log(p + 1e-5) is the convention of the MTARD/B-MTARD/CIARD reference code
+# (CIARD.md, "Elementwise KL used everywhere").
+KL_EPS = 1e-5
+
+
+def _as_per_sample(value, like):
+    """Scalar -> float; tensor of shape [B] or [] -> broadcastable to `like` ([B, ...])."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            return value.to(like.dtype)
+        return value.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+    return float(value)
+
+
+def pgd_step(x, x0, grad, eps, alpha, out=None):
+    """One L∞ PGD step: clamp₀₁(min(max(x + α·sign(g), x₀ − ε), x₀ + ε)).
+
+    x, x0, grad: same shape [B, ...]; eps, alpha: Python floats, 0-d tensors or per-sample [B]
+    tensors. sign(0) = 0. Returns a new tensor, or writes into `out` (which may be `x`).
+    """
+    eps = _as_per_sample(eps, x)
+    alpha = _as_per_sample(alpha, x)
+    stepped = x + alpha * torch.sign(grad)
+    projected = torch.min(torch.max(stepped, x0 - eps), x0 + eps)
+    result = projected.clamp_(0.0, 1.0)
+    if out is not None:
+        out.copy_(result)
+        return out
+    return result
+
+
+def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None):
+    """Random start of PGD, clamped to [0, 1].
+
+    kind="uniform": x₀ + U(−ε, ε) (Madry et al.); kind="normal": x₀ + σ·N(0, I) (TRADES/RSLAD/CIARD,
+    σ = 0.001). The noise is drawn in float32 with torch's RNG (`generator` if given).
+    """
+    if kind == "uniform":
+        eps = _as_per_sample(eps, x0)
+        noise = torch.rand(x0.shape, device=x0.device, dtype=torch.float32, generator=generator)
+        noise = (noise * 2 - 1).to(x0.dtype) * eps
+    elif kind == "normal":
+        noise = torch.randn(x0.shape, device=x0.device, dtype=torch.float32, generator=generator)
+        noise = (noise * sigma).to(x0.dtype)
+    else:
+        raise ValueError(f"random start kind must be 'uniform' or 'normal', got {kind!r}")
+    return (x0 + noise).clamp_(0.0, 1.0)
+
+
+def elementwise_kl(p, log_q):
+    """kl(p, log q) = p·(log(p + 1e-5) − log q), elementwise (no reduction)."""
+    return p * (torch.log(p + KL_EPS) - log_q)
+
+
+def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):
+    """The CIARD multi-teacher loss terms (CIARD.md steps 3-5 and 7), in float32.
+
+    s_adv, s_nat: student logits on x' and x, [B, C] (the only inputs that receive gradients).
+    r_adv: robust teacher on x'; n_nat, n_adv: clean teacher on x and x' ([B, C], detached).
+    labels: [B] int64. tau_adv, tau_nat: temperatures (floats or 0-d tensors). T_push: float.
+
+    Returns a tuple of 0-d float32 tensors (L_adv, L_nat, L_push, H_a, H_n, mask_count):
+      L_adv  = mean_{B×C} kl(softmax(r_adv/τ_adv), log_softmax(s_adv))
+      L_nat  = mean_{B×C} kl(softmax(n_nat/τ_nat), log_softmax(s_nat))
+      M      = {i : argmax n_adv_i ≠ y_i}
+      L_push = Σ_{i∈M, c} kl(softmax(n_adv), log_softmax(s_adv/T_push)) / (|M|·C)   (0 if M = ∅)
+      H_a    = mean_{B×C} p_a·log(p_a + 1e-5),  p_a = softmax(r_adv/τ_adv)   (no gradient)
+      H_n    = mean_{B×C} p_n·log(p_n + 1e-5),  p_n = softmax(n_nat/τ_nat)   (no gradient)
+      mask_count = |M| as float32
+    """
+    s_adv = s_adv.float()
+    s_nat = s_nat.float()
+    r_adv = r_adv.detach().float()
+    n_nat = n_nat.detach().float()
+    n_adv = n_adv.detach().float()
+    num_classes = s_adv.shape[1]
+
+    p_a = F.softmax(r_adv / tau_adv, dim=1)
+    p_n = F.softmax(n_nat / tau_nat, dim=1)
+    L_adv = elementwise_kl(p_a, F.log_softmax(s_adv, dim=1)).mean()
+    L_nat = elementwise_kl(p_n, F.log_softmax(s_nat, dim=1)).mean()
+
+    mask = (n_adv.argmax(dim=1) != labels).float()
+    mask_count = mask.sum()
+    p_push = F.softmax(n_adv, dim=1)
+    push_terms = elementwise_kl(p_push, F.log_softmax(s_adv / T_push, dim=1))
+    # A masked sum over a count clamped at one: an empty mask gives exactly 0, never 0/0.
+    L_push = (push_terms * mask[:, None]).sum() / (mask_count.clamp(min=1.0) * num_classes)
+
+    H_a = (p_a * torch.log(p_a + KL_EPS)).mean()
+    H_n = (p_n * torch.log(p_n + KL_EPS)).mean()
+    return L_adv, L_nat, L_push, H_a, H_n, mask_count
