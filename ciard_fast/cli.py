@@ -4,6 +4,7 @@ Each subcommand lives in the module that owns its work and exposes ``add_argumen
 ``run(args) -> int``; this file only wires them up (imported lazily so ``--help`` is instant).
 """
 import argparse
+import os
 import sys
 from importlib import import_module
 
@@ -34,11 +35,22 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in SUBCOMMANDS else None)
-    args = parser.parse_args(argv)
+    if command in SUBCOMMANDS and getattr(import_module(SUBCOMMANDS[command][0]), "ACCEPTS_EXTRA", False):
+        # train/teacher take any config key as "--key value": collected here, checked by the config.
+        args, args.extra = parser.parse_known_args(argv)
+    else:
+        args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    try:
+        return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        # Bad input: one clear line, not a traceback (CIARD_FAST_DEBUG=1 shows the traceback).
+        if os.environ.get("CIARD_FAST_DEBUG"):
+            raise
+        print(f"ciard-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

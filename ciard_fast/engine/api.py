@@ -1,0 +1,239 @@
+"""`ciard_fast.train()`: build a run from a config and execute it.
+
+    result = ciard_fast.train()                                   # the embedded digits demo
+    result = ciard_fast.train("cifar10-resnet18", robust_teacher="model_cifar_wrn.pt",
+                              clean_teacher="resnet56.pt", data_root="data/")
+    result = ciard_fast.train(resume="runs/ciard-cifar10-resnet18/last.pt")
+
+Teachers a method needs but the config does not point to are trained first with the same engine
+(natural for the clean teacher, TRADES by default for the robust one) and cached under
+`<out_dir>/teachers/`, so the whole pipeline runs from scratch, offline.
+"""
+import dataclasses
+import json
+import os
+from typing import Optional
+
+import torch
+
+from ..config import TrainConfig, build_config
+from ..methods import AttackSettings, get_method
+from . import checkpoint as ckpt
+from .builders import build_loader, build_model, load_splits
+from .logs import plot_history, write_text_atomic
+from .precision import autocast, resolve_device, resolve_precision
+from .trainer import Trainer
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced. `metrics`: the final test-set accuracies (%) of the best checkpoint,
+    by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths."""
+
+    out_dir: str
+    last_checkpoint: str
+    best_checkpoint: Optional[str]
+    metrics: dict
+    history: list
+    config: TrainConfig
+    teachers: dict = dataclasses.field(default_factory=dict)
+    table: str = ""
+    comparison: dict = dataclasses.field(default_factory=dict)
+
+
+def make_config(config=None, **overrides):
+    """config: None (the demo preset), a preset name, a YAML path, a dict or a TrainConfig."""
+    if isinstance(config, TrainConfig):
+        return config.replace(**overrides) if overrides else config
+    if config is None:
+        return build_config(preset="demo", overrides=overrides)
+    if isinstance(config, dict):
+        return build_config(overrides={**config, **overrides})
+    if isinstance(config, str):
+        if config.endswith((".yaml", ".yml")) or os.path.isfile(config):
+            return build_config(config_file=config, overrides=overrides)
+        return build_config(preset=config, overrides=overrides)
+    raise TypeError(f"config must be None, a preset name, a YAML path, a dict or a TrainConfig; got {type(config).__name__}")
+
+
+def _config_for_resume(path, overrides):
+    """The checkpoint's own config, with the user's explicit overrides that are safe to change."""
+    state = ckpt.load_checkpoint(path)  # raises a clear error before anything is written
+    saved = dict(state["config"])
+    saved.pop("resume", None)
+    fixed = ("method", "dataset", "student", "robust_teacher_model", "clean_teacher_model", "batch_size", "seed")
+    for key in fixed:
+        if key in overrides and overrides[key] != saved.get(key):
+            raise ValueError(
+                f"cannot change {key!r} when resuming ({saved.get(key)!r} in {path!r}, {overrides[key]!r} given); "
+                "start a new run instead"
+            )
+    merged = build_config(overrides={**saved, **overrides, "resume": path})
+    return merged, state
+
+
+def train(config=None, **overrides):
+    """Train a student (or a teacher, with method natural/sat/trades) and return a TrainResult.
+
+    `config` is None (the `demo` preset), a preset name, a YAML file, a dict or a TrainConfig;
+    keyword overrides win over it (TrainConfig fields or the method's options, e.g. T_push=3).
+    With `resume=PATH` the run continues exactly from that checkpoint: its saved config is reused,
+    and whatever is given here must agree with it on the method, data, models, batch and seed.
+    """
+    resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
+    if not resume:
+        return _run(make_config(config, **overrides))
+    given = make_config(config, **overrides).to_dict() if config is not None else dict(overrides)
+    config, state = _config_for_resume(resume, given)
+    return _run(config, state)
+
+
+def _run(config, state=None, progress_prefix=""):
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    torch.manual_seed(config.seed)
+    out_dir = config.resolved_out_dir()
+    method_cls = get_method(config.method)
+    splits = load_splits(config)
+    num_classes = splits["train"].num_classes
+
+    teachers, teacher_paths = {}, {}
+    if method_cls.needs_robust_teacher:
+        teachers["robust_teacher"], teacher_paths["robust"] = _teacher(config, "robust", splits, device, state)
+    if method_cls.needs_clean_teacher:
+        teachers["clean_teacher"], teacher_paths["clean"] = _teacher(config, "clean", splits, device, state)
+
+    student = build_model(config.student, splits["train"], config.student_normalize, device, config)
+    options = method_cls.Options(**config.method_args)
+    method = method_cls(student, num_classes=num_classes, epochs=config.epochs, base_lr=config.lr,
+                        options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps),
+                        device=device, **teachers)
+    train_loader = build_loader(config, splits["train"], device, train=True)
+    val_loader = build_loader(config, splits["val"], device, train=False, limit=config.eval_n) if splits.get("val") else None
+    precision_ctx = lambda: autocast(precision, device)  # noqa: E731  (a fresh context per use)
+
+    trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
+                      progress_prefix=progress_prefix)
+    if state is not None:
+        trainer.load_checkpoint_state(state)
+    os.makedirs(out_dir, exist_ok=True)
+    run_state = trainer.fit()
+
+    best = trainer.best_path if os.path.isfile(trainer.best_path) else None
+    result = TrainResult(out_dir=out_dir, last_checkpoint=trainer.last_path, best_checkpoint=best, metrics={},
+                         history=run_state.history, config=config, teachers=teacher_paths)
+    finished = run_state.epoch >= config.epochs
+    if finished and config.test_attacks:
+        result.metrics = _test_metrics(config, student, best, splits["test"], device)
+        rows = {f"{config.method} student ({config.student})": result.metrics}
+        if config.compare_natural_student:
+            natural = _natural_student(config, splits, device)
+            rows[f"natural student ({config.student})"] = natural
+        result.comparison = rows
+        result.table = _markdown_table(rows, config)
+        _write_results(out_dir, result)
+        print(result.table)
+    if config.plot and run_state.history:
+        plot_history(out_dir, run_state.history)
+    return result
+
+
+# ---- teachers ----------------------------------------------------------------------------------
+def _teacher(config, kind, splits, device, state):
+    """(model, path) of the robust or clean teacher: loaded from the config's path, restored from
+    a resumed checkpoint, or trained first and cached under <out_dir>/teachers/<kind>/."""
+    from ..models import load_weights
+
+    model_name = getattr(config, f"{kind}_teacher_model")
+    normalize = getattr(config, f"{kind}_teacher_normalize")
+    model = build_model(model_name, splits["train"], normalize, device, config)
+    path = getattr(config, f"{kind}_teacher")
+    if state is not None:
+        return model, path or "(restored from checkpoint)"  # weights come with the method state
+    if path:
+        load_weights(model, path)
+        return model, path
+    sub = _teacher_config(config, kind)
+    cached = os.path.join(sub.resolved_out_dir(), "last.pt")
+    if not _is_finished(cached, sub):
+        _run(sub, progress_prefix=f"[{kind} teacher] ")
+    load_weights(model, ckpt.load_checkpoint(cached)["student"])
+    return model, cached
+
+
+def _teacher_config(config, kind):
+    method = config.robust_teacher_method if kind == "robust" else "natural"
+    return build_config(overrides=dict(
+        method=method, dataset=config.dataset, data_root=config.data_root, val_size=config.val_size,
+        loader=config.loader, student=getattr(config, f"{kind}_teacher_model"),
+        student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
+        lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
+        weight_decay=config.weight_decay, eps=config.eps, alpha=config.alpha, attack_steps=config.attack_steps,
+        eval_every=config.teacher_epochs, eval_pgd_steps=config.eval_pgd_steps, eval_n=config.eval_n,
+        test_attacks=(), out_dir=os.path.join(config.resolved_out_dir(), "teachers", kind), seed=config.seed,
+        device=config.device, progress=config.progress, log_every=config.log_every, plot=False,
+        precision=config.precision, channels_last=config.channels_last, cuda_graphs=config.cuda_graphs,
+        compile=config.compile,
+    ))
+
+
+def _is_finished(path, config):
+    """A cached teacher is reused only if its run finished with the very same config."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        state = ckpt.load_checkpoint(path)
+    except ValueError:
+        return False
+    saved = dict(state["config"])
+    wanted = config.to_dict()
+    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items() if k != "progress")
+
+
+def _natural_student(config, splits, device):
+    """Train the same architecture naturally (the demo's point of comparison) and test it."""
+    sub = build_config(overrides={
+        **{k: v for k, v in config.to_dict().items() if k not in ("method_args", "resume", "stop_after")},
+        "method": "natural", "compare_natural_student": False, "plot": False,
+        "out_dir": os.path.join(config.resolved_out_dir(), "natural_student"),
+    })
+    cached = os.path.join(sub.resolved_out_dir(), "last.pt")
+    if not _is_finished(cached, sub):
+        _run(sub.replace(test_attacks=()), progress_prefix="[natural student] ")
+    model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub)
+    best = os.path.join(sub.resolved_out_dir(), "best.pt")
+    return _test_metrics(sub, model, best if os.path.isfile(best) else cached, splits["test"], device)
+
+
+# ---- final evaluation --------------------------------------------------------------------------
+def _test_metrics(config, model, checkpoint_path, test_set, device):
+    """Accuracies (%) on the test split under the config's attacks, for the best checkpoint."""
+    from ..attacks.evaluate import evaluate
+
+    if checkpoint_path:
+        model.load_state_dict(ckpt.load_checkpoint(checkpoint_path)["student"])
+    model.eval()
+    report = evaluate(model, test_set, attacks=tuple(config.test_attacks), eps=config.eps, n=config.test_n,
+                      device=device, progress=config.progress, seed=config.seed)
+    return dict(report.accuracy)
+
+
+def _markdown_table(rows, config):
+    columns = []
+    for metrics in rows.values():
+        columns.extend(k for k in metrics if k not in columns)
+    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}",
+             "",
+             "| model | " + " | ".join(columns) + " |",
+             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
+    for name, metrics in rows.items():
+        cells = [f"{metrics[c]:.2f}" if c in metrics else "—" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_results(out_dir, result):
+    write_text_atomic(os.path.join(out_dir, "results.md"), result.table)
+    write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
+        {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
+         "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}, indent=2))

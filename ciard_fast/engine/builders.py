@@ -1,0 +1,34 @@
+"""Turn config entries into objects: the data splits, models on the device, loaders."""
+import torch
+
+from ..data import load_dataset, make_loader
+from ..models import create_model
+from .precision import use_channels_last
+
+
+def load_splits(config):
+    """{"train", "val" (None when val_size == 0), "test"} ImageDatasets of the configured dataset."""
+    kwargs = dict(root=config.data_root, val_size=config.val_size, seed=config.seed)
+    splits = {split: load_dataset(config.dataset, split=split, **kwargs) for split in ("train", "test")}
+    splits["val"] = load_dataset(config.dataset, split="val", **kwargs) if config.val_size != 0 else None
+    return splits
+
+
+def build_model(name, dataset, normalize, device, config):
+    """A registered model for `dataset`'s classes, normalising with its mean/std if asked."""
+    model = create_model(name, num_classes=dataset.num_classes,
+                         normalize=(dataset.mean, dataset.std) if normalize else None)
+    model = model.to(device)
+    if use_channels_last(config.channels_last, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def build_loader(config, dataset, device, train, limit=None):
+    """Training loader (shuffled, augmented, drop_last) or an evaluation loader (ordered, all)."""
+    if limit is not None:
+        dataset = dataset.subset(range(min(limit, len(dataset))))
+    return make_loader(
+        config.loader, dataset, batch_size=config.batch_size, device=device, shuffle=train, augment=train,
+        drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
+    )

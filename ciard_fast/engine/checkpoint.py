@@ -1,0 +1,73 @@
+"""Checkpoints: written atomically, read with clear errors.
+
+A checkpoint is a dict of tensors and plain Python values (loadable with `weights_only=True`):
+format/version, config, epoch/step, the student, its optimiser, the method's state (teachers,
+their optimisers, τ, w, L⁰ ...), RNG states, the metric history and the best score so far.
+"""
+import os
+import tempfile
+
+import torch
+
+from ..version import __version__
+
+FORMAT = "ciard-fast-checkpoint"
+
+
+def save_checkpoint(path, state):
+    """Write `state` to `path` through a temporary file in the same folder and `os.replace`, so a
+    crash or a full disk leaves either the old checkpoint or the new one, never half of one."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    payload = dict(state, format=FORMAT, version=__version__)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """Read a checkpoint written by `save_checkpoint`.
+
+    Raises ValueError naming the file when it is missing, truncated/corrupt, or not a ciard-fast
+    training checkpoint (e.g. a bare state dict: load that with `ciard_fast.load_weights`).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated zip, bad pickle, wrong magic number ...
+        raise ValueError(
+            f"checkpoint {path!r} could not be read: it is truncated or corrupt ({type(exc).__name__}: {exc}). "
+            "Resume from another checkpoint (e.g. best.pt) or start a new run."
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{path!r} is not a ciard-fast training checkpoint (no '{FORMAT}' marker); "
+            "to use model weights, load them with ciard_fast.load_weights or pass them as a teacher"
+        )
+    return state
+
+
+def rng_state():
+    """The global RNG states a step consumes (the attack's random start)."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

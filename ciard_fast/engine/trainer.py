@@ -1,0 +1,184 @@
+"""The training loop. Runs any registered method; knows nothing of what the method computes.
+
+Per step: `out = method.training_step(x, y)` under the run's autocast, backward of `out["loss"]`,
+the student's optimiser step, `method.after_optimizer_step()`. Loss values are summed on the
+device and read on the host only every `log_every` steps and at the end of an epoch, so a step
+itself never waits on the host. After each epoch: validation (clean + PGD-20 on the held-out
+split) every `eval_every` epochs, `last.pt`, `best.pt` by (clean + PGD)/2, metrics CSV/JSONL.
+"""
+import dataclasses
+import os
+import time
+
+import torch
+
+from . import checkpoint as ckpt
+from .logs import Progress, write_history
+from .validation import accuracy_clean_and_pgd
+
+
+@dataclasses.dataclass
+class RunState:
+    """What changes as a run advances (and is checkpointed besides the modules)."""
+
+    epoch: int = 0          # last completed epoch
+    step: int = 0           # optimiser steps taken
+    best_score: float = float("-inf")
+    best_epoch: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, config, method, student, train_loader, val_loader, out_dir, precision_ctx,
+                 dist=None, progress_prefix=""):
+        self.config = config
+        self.method = method
+        self.student = student
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.out_dir = out_dir
+        self.precision_ctx = precision_ctx
+        self.dist = dist
+        self.optimizer = torch.optim.SGD(student.parameters(), lr=method.student_lr(1),
+                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.state = RunState()
+        self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
+
+    @property
+    def is_main(self):
+        return self.dist is None or self.dist.is_main
+
+    @property
+    def last_path(self):
+        return os.path.join(self.out_dir, "last.pt")
+
+    @property
+    def best_path(self):
+        return os.path.join(self.out_dir, "best.pt")
+
+    # ---- checkpoints ---------------------------------------------------------------------------
+    def checkpoint_state(self):
+        student = self.dist.unwrap(self.student) if self.dist is not None else self.student
+        return {
+            "config": self.config.to_dict(),
+            "epoch": self.state.epoch,
+            "step": self.state.step,
+            "student": student.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "method": self.method.state_dict(),
+            "rng": ckpt.rng_state(),
+            "history": list(self.state.history),
+            "best_score": self.state.best_score,
+            "best_epoch": self.state.best_epoch,
+        }
+
+    def load_checkpoint_state(self, state):
+        """Continue exactly where `state` (from load_checkpoint) stopped."""
+        student = self.dist.unwrap(self.student) if self.dist is not None else self.student
+        student.load_state_dict(state["student"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.method.load_state_dict(state["method"])
+        ckpt.set_rng_state(state["rng"])
+        self.state = RunState(epoch=int(state["epoch"]), step=int(state["step"]),
+                              best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
+                              history=list(state["history"]))
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def fit(self):
+        config, method = self.config, self.method
+        last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+        for epoch in range(self.state.epoch + 1, last_epoch + 1):
+            row = self.train_one_epoch(epoch)
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                row.update(self.validate(epoch))
+            self.state.epoch = epoch
+            self.state.history.append(row)
+            self.save(row)
+        return self.state
+
+    def train_one_epoch(self, epoch):
+        config, method, loader = self.config, self.method, self.train_loader
+        loader.set_epoch(epoch)
+        lr = method.student_lr(epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        method.start_epoch(epoch)
+        self.student.train()
+        sums, steps, images = {}, 0, 0
+        num_steps = len(loader)
+        start = time.perf_counter()
+        for x, y in loader:
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.precision_ctx():
+                out = method.training_step(x, y)
+            out["loss"].backward()
+            self.optimizer.step()
+            method.after_optimizer_step()
+            for key, value in out.items():
+                if key != "loss":
+                    value = value.detach().float()
+                    sums[key] = sums[key] + value if key in sums else value.clone()
+            steps += 1
+            images += y.shape[0]
+            self.state.step += 1
+            if steps % config.log_every == 0 or steps == num_steps:
+                self._show(epoch, steps, num_steps, sums, images, start)
+        if steps == 0:
+            raise ValueError(
+                f"epoch {epoch} had no batches: the training split is smaller than batch_size={config.batch_size} "
+                "with drop_last; lower batch_size"
+            )
+        seconds = time.perf_counter() - start
+        means = self._reduced_means(sums, steps)
+        row = {"epoch": epoch, "lr": lr}
+        row.update({f"train_{k}": v for k, v in means.items()})
+        row.update({k: float(v.item()) for k, v in method.log_values().items()})
+        row["train_seconds"] = seconds
+        row["train_images_per_s"] = images * (self.dist.world_size if self.dist else 1) / max(seconds, 1e-9)
+        return row
+
+    def _reduced_means(self, sums, steps):
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        stacked = torch.stack([sums[k] for k in keys]) / steps
+        if self.dist is not None:
+            stacked = self.dist.all_reduce_mean(stacked)
+        return dict(zip(keys, stacked.tolist()))
+
+    def _show(self, epoch, step, num_steps, sums, images, start):
+        if not self.progress.enabled:
+            return
+        shown = {k: (v / step).item() for k, v in sums.items() if not k.startswith("mask")}
+        shown.update({k: v.item() for k, v in self.method.log_values().items()})
+        rate = images / max(time.perf_counter() - start, 1e-9)
+        self.progress.update(epoch, self.config.epochs, step, num_steps, shown, rate)
+
+    def validate(self, epoch):
+        config = self.config
+        if self.val_loader is None:
+            return {}
+        clean, robust = accuracy_clean_and_pgd(
+            self.dist.unwrap(self.student) if self.dist is not None else self.student, self.val_loader,
+            eps=config.eps, alpha=2 / 255, steps=config.eval_pgd_steps, precision_ctx=self.precision_ctx,
+            seed=config.seed * 1000003 + epoch,
+        )
+        if self.dist is not None:
+            clean, robust = self.dist.all_reduce_mean(torch.tensor([clean, robust])).tolist()
+        return {"val_clean": clean, "val_pgd": robust}
+
+    def save(self, row):
+        """last.pt every epoch, best.pt when (clean + PGD)/2 improves; logs. Rank 0 only."""
+        if "val_clean" in row:
+            score = (row["val_clean"] + row["val_pgd"]) / 2
+            if score > self.state.best_score:
+                self.state.best_score, self.state.best_epoch = score, row["epoch"]
+        summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
+        self.progress.end_epoch(f"epoch {row['epoch']}: {summary}")
+        if not self.is_main:
+            return
+        state = self.checkpoint_state()
+        ckpt.save_checkpoint(self.last_path, state)
+        if self.state.best_epoch == row["epoch"]:
+            ckpt.save_checkpoint(self.best_path, state)
+        write_history(self.out_dir, self.state.history)

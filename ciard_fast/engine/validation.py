@@ -1,0 +1,39 @@
+"""Periodic model selection metric: clean and PGD-20 accuracy on the held-out validation split.
+
+Never the test set (CIARD.md "Model selection"). The attack's random start uses its own generator
+seeded from (seed, epoch), so evaluating does not shift the training RNG and a resumed run sees
+the same numbers.
+"""
+import torch
+
+from ..attacks.pgd import pgd
+
+
+def accuracy_clean_and_pgd(model, loader, eps, alpha, steps, precision_ctx, seed=0):
+    """Returns (clean %, PGD %) over all batches of `loader` (float [0,1] NCHW, int64 labels).
+
+    The model is evaluated in eval mode and left in the mode it was in.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    correct_clean = torch.zeros((), dtype=torch.long, device=device)
+    correct_adv = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
+    try:
+        for x, y in loader:
+            with precision_ctx():
+                with torch.no_grad():
+                    correct_clean += (model(x).argmax(1) == y).sum()
+                x_adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, random_start="uniform",
+                            loss="ce", generator=generator, validate=False)
+                with torch.no_grad():
+                    correct_adv += (model(x_adv).argmax(1) == y).sum()
+            total += y.shape[0]
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the validation loader yielded no examples; use val_size > 0 or eval_n > 0")
+    return 100.0 * correct_clean.item() / total, 100.0 * correct_adv.item() / total
