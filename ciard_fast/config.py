@@ -25,18 +25,22 @@ class TrainConfig:
     method_args: dict = dataclasses.field(default_factory=dict)  # the method's own Options
     # -- data -----------------------------------------------------------------------------------
     dataset: str = "cifar10"               # cifar10 | cifar100 | tinyimagenet | digits | synthetic
+    dataset_args: dict = dataclasses.field(default_factory=dict)  # e.g. synthetic: num_samples, image_size
     data_root: Optional[str] = None        # default $CIARD_FAST_DATA or ~/.cache/ciard_fast/data
     val_size: Optional[int] = None         # held-out validation images carved from train (None: dataset default)
     loader: str = "device"                 # device (whole uint8 set on the device) | dali
     # -- models ---------------------------------------------------------------------------------
     student: str = "resnet18"
+    student_args: dict = dataclasses.field(default_factory=dict)  # model kwargs, e.g. {width: 16}
     student_normalize: bool = True         # per-dataset mean/std inside the model
     robust_teacher: Optional[str] = None   # checkpoint path; None: trained first (robust_teacher_method)
     robust_teacher_model: str = "wrn34_10"
+    robust_teacher_args: dict = dataclasses.field(default_factory=dict)
     robust_teacher_normalize: bool = False  # the public TRADES WRN-34-10 takes raw [0,1] pixels
     robust_teacher_method: str = "trades"
     clean_teacher: Optional[str] = None    # checkpoint path; None: trained first (natural)
     clean_teacher_model: str = "resnet56"
+    clean_teacher_args: dict = dataclasses.field(default_factory=dict)
     clean_teacher_normalize: bool = True   # False reproduces the reference code's raw-pixel ResNet-56
     teacher_epochs: int = 100              # when a teacher has to be trained first
     teacher_lr: float = 0.1
@@ -224,6 +228,13 @@ def parse_value(text, annotation):
         return float(_parse_number(text))
     if annotation is str:
         return text
+    if annotation is dict:
+        import yaml
+
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping such as '{{width: 16}}', got {text!r}")
+        return data
     if origin in (tuple, list) or annotation in (tuple, list):
         return tuple(p.strip() for p in text.split(",") if p.strip())
     # Unknown annotation (method options given on the CLI): best guess.

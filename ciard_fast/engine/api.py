@@ -61,6 +61,7 @@ def _config_for_resume(path, overrides):
     state = ckpt.load_checkpoint(path)  # raises a clear error before anything is written
     saved = dict(state["config"])
     saved.pop("resume", None)
+    saved.pop("stop_after", None)  # a stop point belongs to the run that stopped, not to its continuation
     fixed = ("method", "dataset", "student", "robust_teacher_model", "clean_teacher_model", "batch_size", "seed")
     for key in fixed:
         if key in overrides and overrides[key] != saved.get(key):
@@ -103,7 +104,8 @@ def _run(config, state=None, progress_prefix=""):
     if method_cls.needs_clean_teacher:
         teachers["clean_teacher"], teacher_paths["clean"] = _teacher(config, "clean", splits, device, state)
 
-    student = build_model(config.student, splits["train"], config.student_normalize, device, config)
+    student = build_model(config.student, splits["train"], config.student_normalize, device, config,
+                          config.student_args)
     options = method_cls.Options(**config.method_args)
     method = method_cls(student, num_classes=num_classes, epochs=config.epochs, base_lr=config.lr,
                         options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps),
@@ -146,7 +148,8 @@ def _teacher(config, kind, splits, device, state):
 
     model_name = getattr(config, f"{kind}_teacher_model")
     normalize = getattr(config, f"{kind}_teacher_normalize")
-    model = build_model(model_name, splits["train"], normalize, device, config)
+    model = build_model(model_name, splits["train"], normalize, device, config,
+                        getattr(config, f"{kind}_teacher_args"))
     path = getattr(config, f"{kind}_teacher")
     if state is not None:
         return model, path or "(restored from checkpoint)"  # weights come with the method state
@@ -164,8 +167,9 @@ def _teacher(config, kind, splits, device, state):
 def _teacher_config(config, kind):
     method = config.robust_teacher_method if kind == "robust" else "natural"
     return build_config(overrides=dict(
-        method=method, dataset=config.dataset, data_root=config.data_root, val_size=config.val_size,
-        loader=config.loader, student=getattr(config, f"{kind}_teacher_model"),
+        method=method, dataset=config.dataset, dataset_args=config.dataset_args, data_root=config.data_root,
+        val_size=config.val_size, loader=config.loader, student=getattr(config, f"{kind}_teacher_model"),
+        student_args=getattr(config, f"{kind}_teacher_args"),
         student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
         lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
         weight_decay=config.weight_decay, eps=config.eps, alpha=config.alpha, attack_steps=config.attack_steps,
@@ -200,7 +204,7 @@ def _natural_student(config, splits, device):
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
         _run(sub.replace(test_attacks=()), progress_prefix="[natural student] ")
-    model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub)
+    model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub, sub.student_args)
     best = os.path.join(sub.resolved_out_dir(), "best.pt")
     return _test_metrics(sub, model, best if os.path.isfile(best) else cached, splits["test"], device)
 
@@ -215,7 +219,7 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
     model.eval()
     report = evaluate(model, test_set, attacks=tuple(config.test_attacks), eps=config.eps, n=config.test_n,
                       device=device, progress=config.progress, seed=config.seed)
-    return dict(report.accuracy)
+    return {name: 100.0 * value for name, value in report.accuracy.items()}  # fractions -> %
 
 
 def _markdown_table(rows, config):

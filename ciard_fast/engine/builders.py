@@ -1,4 +1,6 @@
 """Turn config entries into objects: the data splits, models on the device, loaders."""
+import dataclasses
+
 import torch
 
 from ..data import load_dataset, make_loader
@@ -8,16 +10,16 @@ from .precision import use_channels_last
 
 def load_splits(config):
     """{"train", "val" (None when val_size == 0), "test"} ImageDatasets of the configured dataset."""
-    kwargs = dict(root=config.data_root, val_size=config.val_size, seed=config.seed)
+    kwargs = dict(root=config.data_root, val_size=config.val_size, seed=config.seed, **config.dataset_args)
     splits = {split: load_dataset(config.dataset, split=split, **kwargs) for split in ("train", "test")}
     splits["val"] = load_dataset(config.dataset, split="val", **kwargs) if config.val_size != 0 else None
     return splits
 
 
-def build_model(name, dataset, normalize, device, config):
+def build_model(name, dataset, normalize, device, config, model_args=None):
     """A registered model for `dataset`'s classes, normalising with its mean/std if asked."""
     model = create_model(name, num_classes=dataset.num_classes,
-                         normalize=(dataset.mean, dataset.std) if normalize else None)
+                         normalize=(dataset.mean, dataset.std) if normalize else None, **(model_args or {}))
     model = model.to(device)
     if use_channels_last(config.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
@@ -26,8 +28,8 @@ def build_model(name, dataset, normalize, device, config):
 
 def build_loader(config, dataset, device, train, limit=None):
     """Training loader (shuffled, augmented, drop_last) or an evaluation loader (ordered, all)."""
-    if limit is not None:
-        dataset = dataset.subset(range(min(limit, len(dataset))))
+    if limit is not None and limit < len(dataset):
+        dataset = dataclasses.replace(dataset, images=dataset.images[:limit], labels=dataset.labels[:limit])
     return make_loader(
         config.loader, dataset, batch_size=config.batch_size, device=device, shuffle=train, augment=train,
         drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),

@@ -41,8 +41,14 @@ def parse_extra(extra, method):
 
     typed = {}
     for key, value in overrides.items():
+        field, dot, sub = key.partition(".")
         try:
-            typed[key] = parse_value(value, types.get(key, typing.Any))
+            if dot:  # --student_args.width 16, --method_args.T_push 3
+                if types.get(field) is not dict:
+                    raise ValueError(f"only dict-valued keys take a '.': {field!r} is not one")
+                typed.setdefault(field, {})[sub] = parse_value(value, typing.Any)
+            else:
+                typed[key] = parse_value(value, types.get(key, typing.Any))
         except ValueError as exc:
             raise ValueError(f"--{key} {value!r}: {exc}") from None
     return typed
