@@ -1,0 +1,26 @@
+"""Attacks and the evaluation suite.
+
+- :func:`pgd` (``pgd.py``): L∞ PGD with CE / KL / CW losses, uniform or normal start.
+- :func:`fgsm` (``fgsm.py``), :func:`cw_inf` (``cw.py``), :func:`autoattack` (``autoattack.py``).
+- :func:`evaluate` (``evaluate.py``) -> :class:`EvalReport` (``report.py``): the standard table.
+- ``checks.py``: the sanity checks of an evaluation; ``validate.py``: argument validation.
+
+Note: the submodules ``pgd``, ``fgsm`` and ``evaluate`` share their function's name; this package
+exposes the *functions* (``ciard_fast.attacks.pgd`` is the function). Reach a module with
+``importlib.import_module("ciard_fast.attacks.pgd")`` or ``from ciard_fast.attacks.pgd import ...``.
+"""
+from .autoattack import autoattack
+from .checks import (AdversarialCheckError, assert_valid_adversarial, check_eps_monotone, check_model_sanity,
+                     check_steps_monotone, EvaluationCheckError, EvaluationWarning)
+from .cw import cw_inf
+from .evaluate import ATTACKS, evaluate
+from .fgsm import fgsm
+from .objectives import cw_margin
+from .pgd import pgd
+from .report import EvalReport
+
+__all__ = [
+    "pgd", "fgsm", "cw_inf", "autoattack", "evaluate", "EvalReport", "ATTACKS", "cw_margin",
+    "AdversarialCheckError", "EvaluationCheckError", "EvaluationWarning", "assert_valid_adversarial",
+    "check_model_sanity", "check_steps_monotone", "check_eps_monotone",
+]

@@ -1,0 +1,337 @@
+"""The standard robustness evaluation of EVALUATION.md in one call.
+
+    >>> report = ciard_fast.evaluate(model.eval(), ciard_fast.load_dataset("cifar10", split="test"))
+    >>> print(report)                      # Markdown table
+    >>> report.accuracy["pgd_sat"], report.accuracy["worst"]
+    >>> report.save_json("eval.json")
+"""
+import datetime
+import time
+import warnings
+
+import torch
+
+from ..version import __version__
+from .autoattack import AA_VERSIONS, autoattack, import_autoattack, standard_attacks
+from .checks import (assert_valid_adversarial, check_attack_ordering, check_model_sanity, EvaluationCheckError,
+                     EvaluationWarning)
+from .cw import cw_inf
+from .fgsm import fgsm
+from .pgd import pgd
+from .progress import Progress
+from .report import EvalReport
+from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_radius
+
+__all__ = ["evaluate", "ATTACKS", "DEFAULT_ATTACKS", "default_hyperparameters"]
+
+ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "aa")
+DEFAULT_ATTACKS = ATTACKS
+# AutoAttack is by far the most expensive column and may run on a subset (see evaluate()), so it
+# runs last, once every other column of the batch is known.
+_ORDER = {name: i for i, name in enumerate(ATTACKS)}
+# What `attack_params` may change per column (FGSM's step is ε by definition; CW∞'s start and loss
+# are what make it CW∞).
+_OVERRIDABLE = {
+    "fgsm": {"eps"},
+    "pgd_sat": {"eps", "alpha", "steps", "random_start"},
+    "pgd_trades": {"eps", "alpha", "steps", "random_start"},
+    "cw": {"eps", "alpha", "steps", "kappa"},
+    "aa": {"eps", "version", "attacks_to_run", "batch_size", "norm", "seed"},
+}
+
+
+def default_hyperparameters(eps=8 / 255, seed=0):
+    """The settings of each column (EVALUATION.md "The standard table"); the step sizes are fixed."""
+    return {
+        "clean": {},
+        "fgsm": {"eps": eps, "alpha": eps, "steps": 1, "random_start": None, "loss": "ce"},
+        "pgd_sat": {"eps": eps, "alpha": 2 / 255, "steps": 20, "random_start": "uniform", "loss": "ce"},
+        "pgd_trades": {"eps": eps, "alpha": 0.003, "steps": 20, "random_start": "uniform", "loss": "ce"},
+        "cw": {"eps": eps, "alpha": 2 / 255, "steps": 30, "random_start": None, "loss": "cw", "kappa": 50.0},
+        "aa": {"eps": eps, "version": "standard", "attacks": standard_attacks("standard"), "norm": "Linf",
+               "seed": seed},
+    }
+
+
+class _CountingModel(torch.nn.Module):
+    """Counts forward passes (in examples) of the wrapped model; everything else is the model's."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.examples = 0
+        # Mirror the wrapped model's flag without recursing into it (a plain wrapper has no layers).
+        self.training = bool(getattr(model, "training", False))
+
+    def forward(self, x):
+        self.examples += x.shape[0]
+        return self.model(x)
+
+
+def _resolve_device(model, device):
+    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
+    model_device = params[0].device if params else None
+    if device is None:
+        return model_device if model_device is not None else torch.device("cpu")
+    device = torch.device(device)
+    if model_device is not None and model_device.type != device.type:
+        raise ValueError(f"device={str(device)!r} but the model's parameters are on {model_device}; move the model "
+                         f"with model.to({str(device)!r}) or pass device=None")
+    return device
+
+
+def _check_int(value, name, minimum, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}{' or None' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def _batches(data, batch_size, n, device):
+    """Yield (x float [0,1] NCHW, y int64) on `device`, at most `n` examples; also return a length hint."""
+    if hasattr(data, "images") and hasattr(data, "labels"):
+        images, labels = torch.as_tensor(data.images), torch.as_tensor(data.labels)
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"dataset.images must be uint8 NHWC [N, H, W, C], got dtype {images.dtype} and shape "
+                             f"{tuple(images.shape)}")
+        total = labels.shape[0] if n is None else min(n, labels.shape[0])
+
+        def gen():
+            for start in range(0, total, batch_size):
+                stop = min(start + batch_size, total)
+                xb = images[start:stop].to(device).permute(0, 3, 1, 2).float().div_(255)
+                yield xb.contiguous(), labels[start:stop].to(device).long()
+        return gen(), -(-total // batch_size)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"(x, y) must have the same length, got {x.shape[0]} images and {y.shape[0]} labels")
+        total = x.shape[0] if n is None else min(n, x.shape[0])
+
+        def gen():
+            for start in range(0, total, batch_size):
+                stop = min(start + batch_size, total)
+                yield x[start:stop].to(device), y[start:stop].to(device)
+        return gen(), -(-total // batch_size)
+    try:
+        iterator = iter(data)
+    except TypeError:
+        raise TypeError(f"dataset_or_loader must be an ImageDataset (.images, .labels), an (x, y) tuple of tensors "
+                        f"or an iterable of (x, y) batches, got {type(data).__name__}") from None
+    try:
+        hint = len(data)
+    except TypeError:
+        hint = None
+
+    def gen():
+        seen = 0
+        for batch in iterator:
+            if not (isinstance(batch, (tuple, list)) and len(batch) >= 2):
+                raise TypeError(f"each batch must be an (x, y) pair, got {type(batch).__name__}")
+            xb, yb = batch[0], batch[1]
+            if n is not None:
+                if seen >= n:
+                    return
+                xb, yb = xb[:n - seen], yb[:n - seen]
+            seen += xb.shape[0]
+            yield xb.to(device), yb.to(device)
+    return gen(), hint
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, batch_size=256, n=None, strict=False,
+             device=None, progress=True, seed=0, attack_params=None, aa_on_robust_only=False):
+    """Evaluate `model` under the standard table of EVALUATION.md and return an :class:`EvalReport`.
+
+    Args:
+        model: ``nn.Module`` (or callable) mapping [B, C, H, W] images in [0, 1] to logits [B, K]
+            (normalisation inside the model). Put it in eval mode: a model in train mode is
+            evaluated as it is, with a warning (an error when `strict`).
+        dataset_or_loader: an ImageDataset (``.images`` uint8 [N, H, W, C], ``.labels`` int64 [N]),
+            an ``(x, y)`` tuple of tensors (x float [N, C, H, W] in [0, 1]), or an iterable of
+            (x, y) batches such as ``DeviceLoader(dataset, batch_size)``.
+        attacks: column names (a sequence or a comma-separated string) from "clean", "fgsm",
+            "pgd_sat" (20 × 2/255, uniform start), "pgd_trades" (20 × 0.003, uniform start), "cw"
+            (CW∞, 30 × 2/255, κ = 50, zero init), "aa" (AutoAttack standard). "clean" is always
+            reported. Default: all six.
+        eps: L∞ radius in [0, 1]. Default 8/255. Step sizes stay those of the table.
+        batch_size: examples per batch for a dataset or tuple (a loader keeps its own). Default 256.
+        n: evaluate only the first n examples (None: all).
+        strict: raise EvaluationCheckError instead of warning on a failed sanity check, and raise
+            ImportError instead of skipping AA when pyautoattack is missing.
+        device: where to run (default: the model's device). The model is not moved.
+        progress: a progress line on stderr. seed: seeds every attack's random start (each column
+            its own generator, so a column does not depend on which others run) and AutoAttack.
+        attack_params: optional overrides, column -> dict, e.g. ``{"pgd_sat": {"steps": 50}}`` or
+            ``{"aa": {"attacks_to_run": ["apgd-ce"]}}`` (reported in the hyperparameters).
+        aa_on_robust_only: run AutoAttack only on the examples that survived every other column
+            (cheaper). The AA column then reports AA ∧ all other columns; the worst column is the
+            same either way. Default False: AA's own accuracy, on every example (AutoAttack itself
+            attacks only the correctly classified ones).
+
+    Returns:
+        EvalReport with ``accuracy[column]``, ``correct``, ``hyperparameters``, ``forwards``,
+        ``seconds``, ``warnings`` and a "worst" column.
+
+    How "worst" is computed: every attack runs on every example, so each column is that attack's
+    own accuracy; an example counts as robust in "worst" only if it is classified correctly under
+    every column (a per-example AND).
+
+    Checks (EVALUATION.md "Rules"): each x_adv is asserted finite, in [0, 1] and within ε (+1e-6)
+    of x — :class:`AdversarialCheckError` whatever `strict`; train mode, probability outputs, zero
+    input gradients and a non-deterministic forward (checked on the first batch) and PGD accuracy
+    above FGSM accuracy are warnings (EvaluationWarning, also listed in ``report.warnings``) or
+    errors when `strict`.
+    """
+    if not callable(model):
+        raise TypeError(f"model must be callable, got {type(model).__name__}")
+    if isinstance(attacks, str):
+        attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+    attacks = list(attacks)
+    for name in attacks:
+        if name not in ATTACKS:
+            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    if len(set(attacks)) != len(attacks):
+        raise ValueError(f"attacks lists a column twice: {attacks}")
+    if isinstance(eps, torch.Tensor):
+        raise TypeError("evaluate takes one float eps (the table's radius), got a tensor")
+    check_radius(eps, 1, "eps")
+    eps = float(eps)
+    batch_size = _check_int(batch_size, "batch_size", 1)
+    n = _check_int(n, "n", 1, allow_none=True)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    device = _resolve_device(model, device)
+
+    columns = sorted(set(attacks) | {"clean"}, key=_ORDER.get)
+    params = default_hyperparameters(eps, seed)
+    for column, overrides in (attack_params or {}).items():
+        if column not in ATTACKS or column == "clean":
+            raise ValueError(f"attack_params names unknown or parameter-free column {column!r}")
+        allowed = _OVERRIDABLE[column]
+        unknown = set(overrides) - allowed
+        if unknown:
+            raise ValueError(f"attack_params[{column!r}] cannot set {sorted(unknown)}; "
+                             f"allowed: {sorted(allowed)}")
+        params[column].update(overrides)
+    if "attacks_to_run" in params["aa"]:
+        params["aa"]["attacks"] = list(params["aa"].pop("attacks_to_run"))
+    check_choice(params["aa"]["version"], "AutoAttack version", AA_VERSIONS)
+    hyper = {c: dict(params[c]) for c in columns}
+
+    found = []  # non-fatal findings, in order
+    skipped = {}
+    notes = ["worst: an example is robust only if it is classified correctly under every column; every column is "
+             "computed on every example (its own accuracy)"]
+    if "aa" in columns:
+        try:
+            import_autoattack()
+        except ImportError as err:
+            if strict:
+                raise
+            skipped["aa"] = str(err)
+            message = f"AutoAttack column skipped: {err}"
+            found.append(message)
+            warnings.warn(message, EvaluationWarning, stacklevel=2)
+            columns.remove("aa")
+            del hyper["aa"]
+        else:
+            if aa_on_robust_only:
+                hyper["aa"]["subset"] = "robust to all other columns"
+                notes.append("aa: AutoAttack ran only on the examples robust to every other column, so the AA column "
+                             "is the accuracy under AA and all other columns together (equal to worst)")
+            version = hyper["aa"]["version"]
+            if version == "custom" or hyper["aa"]["attacks"] != standard_attacks(version):
+                notes.append(f"aa: only {hyper['aa']['attacks']} were run — not AutoAttack's {hyper['aa']['version']} "
+                             f"number")
+
+    counted = _CountingModel(model)
+    generators = {c: torch.Generator(device=device).manual_seed(seed + 1000 * i) for i, c in enumerate(ATTACKS)}
+    correct = {c: torch.zeros((), dtype=torch.long, device=device) for c in columns + ["worst"]}
+    forwards = {c: 0 for c in columns}
+    seconds = {c: 0.0 for c in columns}
+    total = 0
+
+    batches, num_batches = _batches(dataset_or_loader, batch_size, n, device)
+    bar = Progress(total=None if num_batches is None else num_batches * len(columns), enabled=progress)
+    t_start = time.perf_counter()
+    first = True
+    for xb, yb in batches:
+        check_images(xb, "x")
+        check_labels(yb, xb.shape[0], "y")
+        if xb.shape[0] == 0:
+            continue
+        if first:
+            with torch.no_grad():
+                num_classes = model(xb[:2]).shape[1]
+            check_labels_in_range(yb, num_classes)
+            findings = check_model_sanity(model, xb, yb, strict=strict)
+            found.extend(findings)
+            first = False
+        robust = torch.ones(xb.shape[0], dtype=torch.bool, device=device)
+        for column in columns:
+            _sync(device)
+            t0 = time.perf_counter()
+            before = counted.examples
+            p = hyper[column]
+            if column == "clean":
+                x_adv = xb
+            elif column == "fgsm":
+                x_adv = fgsm(counted, xb, yb, eps=p["eps"])
+            elif column in ("pgd_sat", "pgd_trades"):
+                x_adv = pgd(counted, xb, yb, eps=p["eps"], alpha=p["alpha"], steps=p["steps"],
+                            random_start=p["random_start"], loss=p["loss"], generator=generators[column])
+            elif column == "cw":
+                x_adv = cw_inf(counted, xb, yb, eps=p["eps"], alpha=p["alpha"], steps=p["steps"], kappa=p["kappa"])
+            else:  # aa
+                aa_kwargs = dict(eps=p["eps"], version=p["version"], seed=p["seed"], norm=p["norm"],
+                                 batch_size=p.get("batch_size", batch_size))
+                if p["version"] == "custom" or p["attacks"] != standard_attacks(p["version"]):
+                    aa_kwargs["attacks_to_run"] = p["attacks"]
+                if aa_on_robust_only:
+                    # Boolean indexing syncs; this is evaluation, not a training step.
+                    idx = robust.nonzero().squeeze(1)
+                    x_adv = xb.clone()
+                    if idx.numel():
+                        x_adv[idx] = autoattack(counted, xb[idx], yb[idx], **aa_kwargs)
+                else:
+                    x_adv = autoattack(counted, xb, yb, **aa_kwargs)
+            if column != "clean":
+                assert_valid_adversarial(x_adv, xb, p["eps"], name=column)
+            with torch.no_grad():
+                ok = counted(x_adv).argmax(dim=1) == yb
+            if column == "aa" and aa_on_robust_only:
+                ok &= robust
+            robust &= ok
+            correct[column] += ok.sum()
+            forwards[column] += counted.examples - before
+            _sync(device)
+            seconds[column] += time.perf_counter() - t0
+            bar.update(1, column)
+        correct["worst"] += robust.sum()
+        total += xb.shape[0]
+    bar.close()
+    if total == 0:
+        raise ValueError("dataset_or_loader yielded no examples")
+
+    counts = {c: int(v.item()) for c, v in correct.items()}
+    accuracy = {c: counts[c] / total for c in counts}
+    found.extend(check_attack_ordering(accuracy, strict=strict))
+    if skipped:
+        notes.append(f"worst is over {', '.join(columns)} only (skipped: {', '.join(skipped)})")
+    name = type(model).__name__
+    return EvalReport(
+        accuracy=accuracy, correct=counts, n=total, eps=eps, hyperparameters=hyper, forwards=forwards,
+        seconds={c: round(s, 6) for c, s in seconds.items()}, total_seconds=round(time.perf_counter() - t_start, 6),
+        skipped=skipped, warnings=found, notes=notes, device=str(device), seed=seed, strict=strict, model=name,
+        version=__version__, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+# Re-exported so `from ciard_fast.attacks.evaluate import EvaluationCheckError` works for callers.
+__all__ += ["EvaluationCheckError", "EvalReport"]

@@ -1,0 +1,157 @@
+"""The result of :func:`ciard_fast.evaluate`: accuracies, hyperparameters, costs, findings."""
+import dataclasses
+import json
+import os
+import tempfile
+
+__all__ = ["EvalReport", "COLUMN_LABELS", "format_eps"]
+
+# Column key -> heading (EVALUATION.md "The standard table").
+COLUMN_LABELS = {
+    "clean": "Clean",
+    "fgsm": "FGSM",
+    "pgd_sat": "PGD-SAT",
+    "pgd_trades": "PGD-TRADES",
+    "cw": "CW∞",
+    "aa": "AA",
+    "worst": "Worst",
+}
+
+
+def format_eps(eps):
+    """8/255 -> '8/255 (0.03137)'; radii that are not k/255 are printed as decimals."""
+    k = eps * 255
+    if abs(k - round(k)) < 1e-6 and round(k) != 0:
+        return f"{round(k)}/255 ({eps:.5f})"
+    return f"{eps:.6g}"
+
+
+def _format_value(value):
+    if isinstance(value, float):
+        k = value * 255
+        if abs(k - round(k)) < 1e-6 and 0 < round(k) < 255:
+            return f"{round(k)}/255"
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(str(v) for v in value) + "]"
+    return str(value)
+
+
+@dataclasses.dataclass
+class EvalReport:
+    """Robust accuracy of one model under the standard attacks.
+
+    Attributes:
+        accuracy: column -> accuracy as a fraction in [0, 1] (``report.accuracy["pgd_sat"]``).
+            Columns: clean, fgsm, pgd_sat, pgd_trades, cw, aa (those run) and worst.
+        correct: column -> number of correctly classified examples.
+        n: number of evaluated examples.
+        eps: the L∞ radius.
+        hyperparameters: column -> the attack's settings.
+        forwards: column -> model forward passes counted (in examples: a batch of B counts B),
+            including the final forward that scores x_adv; divide by n for per-example cost.
+        seconds: column -> wall-clock seconds spent on that column.
+        total_seconds: wall-clock of the whole evaluation.
+        skipped: column -> why it was not run (e.g. pyautoattack missing).
+        warnings: sanity-check findings (EVALUATION.md "Rules") that did not raise.
+        notes: how the numbers were computed (e.g. how the worst column combines attacks).
+        device, seed, strict, model, version, created: provenance.
+    """
+
+    accuracy: dict
+    correct: dict
+    n: int
+    eps: float
+    hyperparameters: dict
+    forwards: dict
+    seconds: dict
+    total_seconds: float
+    skipped: dict = dataclasses.field(default_factory=dict)
+    warnings: list = dataclasses.field(default_factory=list)
+    notes: list = dataclasses.field(default_factory=list)
+    device: str = "cpu"
+    seed: int = 0
+    strict: bool = False
+    model: str = ""
+    version: str = ""
+    created: str = ""
+
+    @property
+    def columns(self):
+        """Column keys in table order (those that were run)."""
+        return [c for c in COLUMN_LABELS if c in self.accuracy] + \
+            [c for c in self.accuracy if c not in COLUMN_LABELS]
+
+    def forwards_per_example(self, column):
+        return self.forwards[column] / self.n if self.n else 0.0
+
+    def to_markdown(self):
+        """The accuracy table (percent), then one row per attack with its settings and cost."""
+        cols = self.columns
+        head = " | ".join(COLUMN_LABELS.get(c, c) for c in cols)
+        lines = [
+            f"Robust accuracy (%), n = {self.n}, L∞ ε = {format_eps(self.eps)}, device {self.device}"
+            + (f", model {self.model}" if self.model else ""),
+            "",
+            f"| {head} |",
+            "| " + " | ".join("---:" for _ in cols) + " |",
+            "| " + " | ".join(f"{100 * self.accuracy[c]:.2f}" for c in cols) + " |",
+            "",
+            "| attack | accuracy (%) | correct / n | hyperparameters | forwards / example | time (s) |",
+            "| --- | ---: | ---: | --- | ---: | ---: |",
+        ]
+        for c in cols:
+            params = self.hyperparameters.get(c) or {}
+            shown = ", ".join(f"{k}={_format_value(v)}" for k, v in params.items()) or "—"
+            fwd = f"{self.forwards_per_example(c):.1f}" if c in self.forwards else "—"
+            sec = f"{self.seconds[c]:.2f}" if c in self.seconds else "—"
+            lines.append(f"| {COLUMN_LABELS.get(c, c)} | {100 * self.accuracy[c]:.2f} | {self.correct[c]} / {self.n} "
+                         f"| {shown} | {fwd} | {sec} |")
+        lines.append("")
+        lines.append(f"Total time {self.total_seconds:.2f} s.")
+        for c, reason in self.skipped.items():
+            lines.append(f"Skipped {COLUMN_LABELS.get(c, c)}: {reason}")
+        if self.notes:
+            lines.append("")
+            lines.extend(f"Note: {note}" for note in self.notes)
+        if self.warnings:
+            lines.append("")
+            lines.append("Warnings:")
+            lines.extend(f"- {w}" for w in self.warnings)
+        return "\n".join(lines) + "\n"
+
+    def __str__(self):
+        return self.to_markdown()
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"not an EvalReport: unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+    def save_json(self, path):
+        """Write the report as JSON atomically (temp file in the same folder, then os.replace)."""
+        path = os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".eval-", suffix=".json.tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load_json(cls, path):
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
