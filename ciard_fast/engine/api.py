@@ -20,6 +20,7 @@ from ..config import TrainConfig, build_config
 from ..methods import AttackSettings, get_method
 from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
+from .distributed import get_context
 from .logs import plot_history, write_text_atomic
 from .precision import autocast, resolve_device, resolve_precision
 from .trainer import Trainer
@@ -90,9 +91,16 @@ def train(config=None, **overrides):
 
 
 def _run(config, state=None, progress_prefix=""):
+    dist = get_context(config.device)
     device = resolve_device(config.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if config.batch_size % dist.world_size:
+        raise ValueError(f"batch_size={config.batch_size} is the global batch and must be divisible by the "
+                         f"world size {dist.world_size}; use a multiple of {dist.world_size}")
     precision = resolve_precision(config.precision, device)
-    torch.manual_seed(config.seed)
+    # Each rank draws its own attack noise; rank 0's stream is the single-process one.
+    torch.manual_seed(config.seed + 7919 * dist.rank)
     out_dir = config.resolved_out_dir()
     method_cls = get_method(config.method)
     splits = load_splits(config)
@@ -106,26 +114,32 @@ def _run(config, state=None, progress_prefix=""):
 
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
+    student = dist.wrap(student, device, config.sync_batchnorm)
     options = method_cls.Options(**config.method_args)
     method = method_cls(student, num_classes=num_classes, epochs=config.epochs, base_lr=config.lr,
                         options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps),
                         device=device, **teachers)
-    train_loader = build_loader(config, splits["train"], device, train=True)
-    val_loader = build_loader(config, splits["val"], device, train=False, limit=config.eval_n) if splits.get("val") else None
+    _distribute_method(method, dist, device, config)
+    train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
+    val_loader = (build_loader(config, splits["val"], device, train=False, limit=config.eval_n, dist=dist)
+                  if splits.get("val") else None)
     precision_ctx = lambda: autocast(precision, device)  # noqa: E731  (a fresh context per use)
 
     trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
-                      progress_prefix=progress_prefix)
+                      dist=dist, progress_prefix=progress_prefix)
     if state is not None:
         trainer.load_checkpoint_state(state)
-    os.makedirs(out_dir, exist_ok=True)
+        if dist.rank > 0:  # the checkpoint holds rank 0's RNG; other ranks draw their own
+            torch.manual_seed(config.seed + 7919 * dist.rank + 104729 * trainer.state.epoch)
+    if dist.is_main:
+        os.makedirs(out_dir, exist_ok=True)
     run_state = trainer.fit()
 
     best = trainer.best_path if os.path.isfile(trainer.best_path) else None
     result = TrainResult(out_dir=out_dir, last_checkpoint=trainer.last_path, best_checkpoint=best, metrics={},
                          history=run_state.history, config=config, teachers=teacher_paths)
     finished = run_state.epoch >= config.epochs
-    if finished and config.test_attacks:
+    if finished and config.test_attacks and dist.is_main:
         result.metrics = _test_metrics(config, student, best, splits["test"], device)
         rows = {f"{config.method} student ({config.student})": result.metrics}
         if config.compare_natural_student:
@@ -135,9 +149,26 @@ def _run(config, state=None, progress_prefix=""):
         result.table = _markdown_table(rows, config)
         _write_results(out_dir, result)
         print(result.table)
-    if config.plot and run_state.history:
+    if config.plot and run_state.history and dist.is_main:
         plot_history(out_dir, run_state.history)
+    dist.barrier()
     return result
+
+
+def _distribute_method(method, dist, device, config):
+    """Under torch.distributed: method state from global statistics, DDP for the modules the
+    method trains besides the student (CIARD's robust teacher during ITT)."""
+    if not dist.enabled:
+        return
+    method.reduce_mean = dist.all_reduce_mean
+    method.world_size = dist.world_size
+    for name, module in method.trainable_modules().items():
+        flags = [p.requires_grad for p in module.parameters()]
+        module.requires_grad_(True)  # DDP registers its gradient hooks for the parameters that train
+        wrapped = dist.wrap(module, device, config.sync_batchnorm)
+        for p, flag in zip(module.parameters(), flags):
+            p.requires_grad_(flag)
+        setattr(method, name, wrapped)
 
 
 # ---- teachers ----------------------------------------------------------------------------------

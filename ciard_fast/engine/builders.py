@@ -26,11 +26,16 @@ def build_model(name, dataset, normalize, device, config, model_args=None):
     return model
 
 
-def build_loader(config, dataset, device, train, limit=None):
-    """Training loader (shuffled, augmented, drop_last) or an evaluation loader (ordered, all)."""
+def build_loader(config, dataset, device, train, limit=None, dist=None):
+    """Training loader (shuffled, augmented, drop_last) or an evaluation loader (ordered, all).
+
+    Under torch.distributed each rank gets its shard and `batch_size / world_size` images per
+    batch, so `batch_size` is the global batch whatever the number of processes."""
+    world_size, rank = (dist.world_size, dist.rank) if dist is not None else (1, 0)
     if limit is not None and limit < len(dataset):
         dataset = dataclasses.replace(dataset, images=dataset.images[:limit], labels=dataset.labels[:limit])
     return make_loader(
-        config.loader, dataset, batch_size=config.batch_size, device=device, shuffle=train, augment=train,
-        drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
+        config.loader, dataset, batch_size=config.batch_size // world_size, device=device, shuffle=train,
+        augment=train, drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
+        rank=rank, world_size=world_size,
     )

@@ -13,8 +13,9 @@ import time
 import torch
 
 from . import checkpoint as ckpt
+from .distributed import DistContext, unwrap
 from .logs import Progress, write_history
-from .validation import accuracy_clean_and_pgd
+from .validation import correct_clean_and_pgd
 
 
 @dataclasses.dataclass
@@ -38,15 +39,15 @@ class Trainer:
         self.val_loader = val_loader
         self.out_dir = out_dir
         self.precision_ctx = precision_ctx
-        self.dist = dist
-        self.optimizer = torch.optim.SGD(student.parameters(), lr=method.student_lr(1),
+        self.dist = dist if dist is not None else DistContext()
+        self.optimizer = torch.optim.SGD(unwrap(student).parameters(), lr=method.student_lr(1),
                                          momentum=config.momentum, weight_decay=config.weight_decay)
         self.state = RunState()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
 
     @property
     def is_main(self):
-        return self.dist is None or self.dist.is_main
+        return self.dist.is_main
 
     @property
     def last_path(self):
@@ -58,7 +59,7 @@ class Trainer:
 
     # ---- checkpoints ---------------------------------------------------------------------------
     def checkpoint_state(self):
-        student = self.dist.unwrap(self.student) if self.dist is not None else self.student
+        student = unwrap(self.student)
         return {
             "config": self.config.to_dict(),
             "epoch": self.state.epoch,
@@ -74,8 +75,7 @@ class Trainer:
 
     def load_checkpoint_state(self, state):
         """Continue exactly where `state` (from load_checkpoint) stopped."""
-        student = self.dist.unwrap(self.student) if self.dist is not None else self.student
-        student.load_state_dict(state["student"])
+        unwrap(self.student).load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         ckpt.set_rng_state(state["rng"])
@@ -134,16 +134,14 @@ class Trainer:
         row.update({f"train_{k}": v for k, v in means.items()})
         row.update({k: float(v.item()) for k, v in method.log_values().items()})
         row["train_seconds"] = seconds
-        row["train_images_per_s"] = images * (self.dist.world_size if self.dist else 1) / max(seconds, 1e-9)
+        row["train_images_per_s"] = images * self.dist.world_size / max(seconds, 1e-9)
         return row
 
     def _reduced_means(self, sums, steps):
         keys = sorted(sums)
         if not keys:
             return {}
-        stacked = torch.stack([sums[k] for k in keys]) / steps
-        if self.dist is not None:
-            stacked = self.dist.all_reduce_mean(stacked)
+        stacked = self.dist.all_reduce_mean(torch.stack([sums[k] for k in keys]) / steps)
         return dict(zip(keys, stacked.tolist()))
 
     def _show(self, epoch, step, num_steps, sums, images, start):
@@ -158,14 +156,14 @@ class Trainer:
         config = self.config
         if self.val_loader is None:
             return {}
-        clean, robust = accuracy_clean_and_pgd(
-            self.dist.unwrap(self.student) if self.dist is not None else self.student, self.val_loader,
-            eps=config.eps, alpha=2 / 255, steps=config.eval_pgd_steps, precision_ctx=self.precision_ctx,
-            seed=config.seed * 1000003 + epoch,
+        counts = correct_clean_and_pgd(
+            unwrap(self.student), self.val_loader, eps=config.eps, alpha=2 / 255, steps=config.eval_pgd_steps,
+            precision_ctx=self.precision_ctx, seed=config.seed * 1000003 + epoch * 1009 + self.dist.rank,
         )
-        if self.dist is not None:
-            clean, robust = self.dist.all_reduce_mean(torch.tensor([clean, robust])).tolist()
-        return {"val_clean": clean, "val_pgd": robust}
+        clean, robust, total = self.dist.all_reduce_sum(counts).tolist()  # shards -> the whole split
+        if total == 0:
+            raise ValueError("the validation split is empty; use val_size > 0 and eval_n > 0")
+        return {"val_clean": 100.0 * clean / total, "val_pgd": 100.0 * robust / total}
 
     def save(self, row):
         """last.pt every epoch, best.pt when (clean + PGD)/2 improves; logs. Rank 0 only."""
@@ -175,10 +173,10 @@ class Trainer:
                 self.state.best_score, self.state.best_epoch = score, row["epoch"]
         summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
         self.progress.end_epoch(f"epoch {row['epoch']}: {summary}")
-        if not self.is_main:
-            return
-        state = self.checkpoint_state()
-        ckpt.save_checkpoint(self.last_path, state)
-        if self.state.best_epoch == row["epoch"]:
-            ckpt.save_checkpoint(self.best_path, state)
-        write_history(self.out_dir, self.state.history)
+        if self.is_main:
+            state = self.checkpoint_state()
+            ckpt.save_checkpoint(self.last_path, state)
+            if self.state.best_epoch == row["epoch"]:
+                ckpt.save_checkpoint(self.best_path, state)
+            write_history(self.out_dir, self.state.history)
+        self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it

@@ -9,8 +9,10 @@ import torch
 from ..attacks.pgd import pgd
 
 
-def accuracy_clean_and_pgd(model, loader, eps, alpha, steps, precision_ctx, seed=0):
-    """Returns (clean %, PGD %) over all batches of `loader` (float [0,1] NCHW, int64 labels).
+def correct_clean_and_pgd(model, loader, eps, alpha, steps, precision_ctx, seed=0):
+    """Counts over all batches of `loader` (float [0,1] NCHW, int64 labels), as a float tensor
+    [correct clean, correct under PGD, examples] on the model's device — to be summed over ranks
+    when the loader is one shard of the split.
 
     The model is evaluated in eval mode and left in the mode it was in.
     """
@@ -34,6 +36,4 @@ def accuracy_clean_and_pgd(model, loader, eps, alpha, steps, precision_ctx, seed
             total += y.shape[0]
     finally:
         model.train(was_training)
-    if total == 0:
-        raise ValueError("the validation loader yielded no examples; use val_size > 0 or eval_n > 0")
-    return 100.0 * correct_clean.item() / total, 100.0 * correct_adv.item() / total
+    return torch.stack([correct_clean.float(), correct_adv.float(), torch.tensor(float(total), device=device)])

@@ -20,6 +20,10 @@ class AttackSettings:
     steps: int = 10
 
 
+def _identity(tensor):
+    return tensor
+
+
 def freeze(model):
     """A teacher that must not change: eval mode (BN statistics frozen), no parameter gradients."""
     model.eval()
@@ -62,6 +66,10 @@ class Method:
         self.attack = attack if attack is not None else AttackSettings()
         self.device = device if device is not None else next(student.parameters()).device
         self.epoch = 1
+        # Set by the engine under torch.distributed: the mean over ranks of a tensor (an async
+        # all-reduce, no host sync). Identity in a single process.
+        self.reduce_mean = _identity
+        self.world_size = 1
 
     # ---- schedule -------------------------------------------------------------------------
     def student_lr(self, epoch):
@@ -106,6 +114,30 @@ class Method:
                 module.load_state_dict(state[key])
 
     # ---- helpers for subclasses ------------------------------------------------------------
+    def global_mean(self, *values):
+        """Batch means over the global batch (all ranks); the inputs themselves when single-process.
+
+        For state updates (τ, w, L⁰, λ) that must be identical on every rank. Detached.
+        """
+        if self.world_size == 1:
+            return tuple(v.detach() for v in values)
+        return tuple(self.reduce_mean(torch.stack([v.detach().float() for v in values])).unbind(0))
+
+    def global_masked_mean(self, local_mean, local_count):
+        """A masked mean (e.g. the push loss, a mean over |M|·C) over the global batch.
+
+        Returns (value, objective): `value` is the global masked mean (detached, for logging and
+        λ); `objective` is what this rank adds to its loss so that DDP's gradient average equals
+        the gradient of the global masked mean: W·local_mean·|M_rank| / |M_global|. In a single
+        process both are `local_mean`.
+        """
+        if self.world_size == 1:
+            return local_mean.detach(), local_mean
+        stats = self.reduce_mean(torch.stack([(local_mean * local_count).detach(), local_count.detach().float()]))
+        total_count = (stats[1] * self.world_size).clamp(min=1.0)
+        value = stats[0] * self.world_size / total_count
+        return value, local_mean * local_count * (self.world_size / total_count)
+
     def _scalar(self, value):
         """A 0-d float32 state tensor on the method's device."""
         return torch.tensor(float(value), dtype=torch.float32, device=self.device)

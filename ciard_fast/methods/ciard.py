@@ -122,16 +122,21 @@ class CIARD(Method):
         terms = losses.ciard_loss(s_adv, s_nat, r_adv.detach(), n_nat, n_adv, y,
                                   self.tau_adv, self.tau_nat, T_push=opt.T_push, kd_scale=self.kd_scale)
 
+        # Under DDP the state below is computed from global (all-rank) statistics so every rank
+        # holds the same τ, w, L⁰, λ; in a single process these are the local values.
+        L_adv, L_nat, H_adv, H_nat = self.global_mean(terms.L_adv, terms.L_nat, terms.H_adv, terms.H_nat)
+        L_push, push_objective = self.global_masked_mean(terms.L_push, terms.mask_count)
+
         # Step 6: λ (no gradient), a power of ten matching the push term to the KD terms.
         if opt.push:
-            self.push_lambda.copy_(losses.push_weight(terms.L_adv, terms.L_nat, terms.L_push))
+            self.push_lambda.copy_(losses.push_weight(L_adv, L_nat, L_push))
 
         # Step 7: temperatures for the next step.
-        losses.update_temperatures(self.tau_adv, self.tau_nat, terms.H_adv, terms.H_nat, self.eta_tau)
+        losses.update_temperatures(self.tau_adv, self.tau_nat, H_adv, H_nat, self.eta_tau)
 
         # Step 8: loss weights, used in this step's total.
         if opt.weighting == "adaptive":
-            current = torch.stack([terms.L_adv, terms.L_nat]).detach()
+            current = torch.stack([L_adv, L_nat])
             self.initial_losses.copy_(torch.where(self.has_initial_losses, self.initial_losses, current))
             self.has_initial_losses.fill_(True)
             losses.update_loss_weights(self.weights, current, self.initial_losses, self.eta_w)
@@ -139,13 +144,13 @@ class CIARD(Method):
         # Step 9: the student's objective.
         student_loss = self.weights[0] * terms.L_adv + self.weights[1] * terms.L_nat
         if opt.push:
-            student_loss = student_loss - self.push_lambda * terms.L_push
+            student_loss = student_loss - self.push_lambda * push_objective
 
         out = {
             "student_loss": student_loss.detach(),
-            "L_adv": terms.L_adv.detach(),
-            "L_nat": terms.L_nat.detach(),
-            "L_push": terms.L_push.detach(),
+            "L_adv": L_adv,
+            "L_nat": L_nat,
+            "L_push": L_push,
             "mask_count": terms.mask_count,
         }
         # Step 10: ITT. R's CE on the same x' joins the backward; its graph is disjoint from the

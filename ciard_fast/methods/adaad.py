@@ -1,0 +1,119 @@
+"""AdaAD: Adaptive Adversarial Distillation (Huang, Chen, Yang, Wang, Huang, Wu, "Boosting Accuracy and
+Robustness of Student Models via Adaptive Adversarial Distillation", CVPR 2023).
+
+One robust teacher T (the robust-teacher slot), frozen. The inner maximisation looks for the
+point where student and teacher disagree most, *both* evaluated at x' (the gradient flows through
+the teacher as well as the student):
+
+    x' = argmax_{‖x'−x‖∞≤ε} Σᵢ KL(softmax(T(x')) ‖ softmax(S(x')))   (10 steps of 2/255 from
+         x + 0.001·N(0, I), student and teacher in eval mode)
+    L  = kd_scale·[ α·mean KL(softmax(T(x')) ‖ softmax(S(x'))) + (1 − α)·mean KL(softmax(T(x)) ‖ softmax(S(x))) ]
+
+KL exact (torch's `nn.KLDivLoss`, p·(log p − log q)), α = 1. lr 0.1, ×0.1 at 100 and 150 of 200,
+weight decay 5e-4.
+
+Following the public code (`adaad_inner_loss` and the training loop of the AdaAD repository):
+  * Reduction: on CIFAR-10 `nn.KLDivLoss()` (mean over B×C); on CIFAR-100 the code sums over
+    classes and averages over the batch, i.e. ×C. So kd_scale = None means 1 for C = 10 and C for
+    any other number of classes (our generalisation of its two cases).
+  * S(x) is always computed in train mode (BN statistics see the clean batch), without a graph
+    when α = 1; T(x) only when 1 − α > 0.
+The teacher-dependent objective is not one of `pgd`'s losses (its "kl" target is fixed), so the
+loop is written here from the same primitives (random start, fused step).
+"""
+import dataclasses
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .. import kernels
+from ..attacks._common import frozen_parameters
+from ..attacks.pgd import NORMAL_START_SIGMA
+from ..schedules import step_lr
+from . import register_method
+from .ard import kl_divergence
+from .base import Method, freeze
+
+
+def adaad_objective(s_logits, t_logits):
+    """Σ_{i,c} KL(softmax(T(x'))ᵢ ‖ softmax(S(x'))ᵢ) with gradients through both (float32 0-d)."""
+    log_p = F.log_softmax(t_logits.float(), dim=1)
+    log_q = F.log_softmax(s_logits.float(), dim=1)
+    return (log_p.exp() * (log_p - log_q)).sum()
+
+
+def adaad_attack(student, teacher, x, eps=8 / 255, alpha=2 / 255, steps=10, generator=None):
+    """AdaAD's inner maximisation (see the module docstring). Both models are used in the mode
+    they are in (the caller puts them in eval mode); their parameters get no gradient.
+
+    x: [B, C, H, W] in [0, 1]. Returns x' (detached), ‖x' − x‖∞ ≤ ε, values in [0, 1].
+    """
+    x0 = x.detach()
+    x_adv = kernels.pgd_random_start(x0, eps, kind="normal", sigma=NORMAL_START_SIGMA, generator=generator)
+    with frozen_parameters(student), frozen_parameters(teacher), torch.enable_grad():
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            objective = adaad_objective(student(x_adv), teacher(x_adv))
+            (grad,) = torch.autograd.grad(objective, x_adv)
+            x_adv = x_adv.detach()
+            kernels.pgd_step(x_adv, x0, grad, eps, alpha, out=x_adv)
+    return x_adv
+
+
+def adaad_loss(s_adv, s_nat, t_adv, t_nat, alpha=1.0, kd_scale=1.0):
+    """kd_scale·[α·mean_{B×C} KL(T(x') ‖ S(x')) + (1 − α)·mean_{B×C} KL(T(x) ‖ S(x))] (float32 0-d).
+    s_nat and t_nat may be None when α = 1."""
+    loss = alpha * kl_divergence(t_adv, s_adv).mean()
+    if alpha != 1.0:
+        loss = loss + (1.0 - alpha) * kl_divergence(t_nat, s_nat).mean()
+    return kd_scale * loss
+
+
+@register_method
+class AdaAD(Method):
+    name = "adaad"
+    paper_epochs = 200
+    milestones = (100, 150)
+    needs_robust_teacher = True
+    needs_clean_teacher = False
+
+    @dataclasses.dataclass
+    class Options:
+        alpha: float = 1.0                # weight of KL at x'; 1 − α on KL at x
+        kd_scale: Optional[float] = None  # None: 1 on 10 classes, C otherwise (the code's CIFAR-100 sum)
+
+    def __init__(self, student, **kwargs):
+        super().__init__(student, **kwargs)
+        opt = self.options
+        if not 0.0 <= opt.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {opt.alpha!r}")
+        if opt.kd_scale is not None and not opt.kd_scale > 0:
+            raise ValueError(f"kd_scale must be > 0 or None, got {opt.kd_scale!r}")
+        if opt.kd_scale is None:
+            self.kd_scale = 1.0 if self.num_classes == 10 else float(self.num_classes)
+        else:
+            self.kd_scale = float(opt.kd_scale)
+        freeze(self.robust_teacher)
+
+    def student_lr(self, epoch):
+        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
+
+    def start_epoch(self, epoch):
+        super().start_epoch(epoch)
+        freeze(self.robust_teacher)
+
+    def training_step(self, x, y):
+        S, T = self.student, self.robust_teacher
+        alpha = self.options.alpha
+        S.eval()
+        x_adv = adaad_attack(S, T, x, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps)
+        S.train()
+        s_adv = S(x_adv)
+        with torch.set_grad_enabled(alpha != 1.0):
+            s_nat = S(x)
+        with torch.no_grad():
+            t_adv = T(x_adv)
+            t_nat = T(x) if alpha != 1.0 else None
+        loss = adaad_loss(s_adv, s_nat, t_adv, t_nat, alpha=alpha, kd_scale=self.kd_scale)
+        return {"loss": loss, "adaad_loss": loss.detach()}

@@ -1,0 +1,110 @@
+"""IAD-I: Introspective Adversarial Distillation (Zhu et al., "Reliable Adversarial Distillation with
+Unreliable Teachers", ICLR 2022, arXiv 2106.04928).
+
+One robust teacher T (the robust-teacher slot), frozen. x' = PGD-10 on the student's CE, uniform
+start (the attack of ARD). Before the introspection starts it is ARD with IAD's τ; afterwards each
+example trusts the teacher only as far as the teacher is right on x', and the rest of the weight
+goes to the student's own clean prediction:
+
+    αᵢ = P_T(x')[yᵢ]^β                       (teacher's probability of the true class on x', no gradient)
+    L  = a·τ²·(1/B)Σᵢ Σ_c KL(softmax(T(x)/τ) ‖ softmax(S(x')/τ))
+         + a·(1/B)Σᵢ (1 − αᵢ)·Σ_c KL(softmax(S(x)) ‖ softmax(S(x')))
+         + (1 − a)·CE(S(x), y)
+
+τ = 1, β = 0.1, a = 1 (so the CE term vanishes); before the start epoch the middle term is absent.
+Schedule: ARD's (lr 0.1, ×0.1 at 100 and 150 of 200); introspection from epoch 60 of 200.
+
+Following the public code (ZFancy/IAD, `IAD-I`) where it is more specific than the paper:
+  * KL is torch's exact `nn.KLDivLoss` summed over classes and averaged over the batch (not ARD's
+    mean over B×C), also before the start epoch.
+  * The introspection target softmax(S(x)) is *not* detached: the gradient flows into S(x) too.
+  * The code counts epochs from 0 and starts at `epoch >= 60`, i.e. our epoch 61: we start after
+    epoch `begin` (scaled with the run length as every breakpoint).
+  * The code's extra unused forward S(x') (`basicop`) is skipped; S(x) runs in train mode every step
+    (as the code's CE term does) so BN statistics see the same batches.
+  * BN mode during the attack: see `ard.py` (eval by default, `attack_train_mode=True` = the code).
+"""
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+
+from ..schedules import scaled_epoch
+from . import register_method
+from .ard import ARD, kl_divergence
+
+
+def iad_alpha(t_adv, labels, beta=0.1):
+    """αᵢ = softmax(T(x'))ᵢ[yᵢ]^β, [B] float32, no gradient."""
+    with torch.no_grad():
+        p = F.softmax(t_adv.detach().float(), dim=1)
+        return p.gather(1, labels[:, None]).squeeze(1).pow(beta)
+
+
+def iad_loss(s_adv, s_nat, t_nat, t_adv, labels, tau=1.0, beta=0.1, alpha=1.0, introspect=True):
+    """The IAD-I objective on logits [B, C] (see the module docstring); returns (loss, αᵢ [B]).
+
+    s_adv = S(x'), s_nat = S(x) (both with gradients), t_nat = T(x), t_adv = T(x') (teacher
+    side, detached). With introspect=False: the pre-start loss (ARD form with IAD's reduction) and
+    α = 1 for every example.
+    """
+    kd = kl_divergence(t_nat, s_adv, tau, tau).sum(dim=1).mean()
+    loss = alpha * tau * tau * kd
+    if introspect:
+        weights = iad_alpha(t_adv, labels, beta)
+        # softmax(S(x)) stays in the graph (the public code does not detach it)
+        log_p = F.log_softmax(s_nat.float(), dim=1)
+        log_q = F.log_softmax(s_adv.float(), dim=1)
+        self_kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
+        loss = loss + alpha * (self_kl * (1.0 - weights)).mean()
+    else:
+        weights = torch.ones(labels.shape[0], device=s_adv.device)
+    if alpha != 1.0:
+        loss = loss + (1.0 - alpha) * F.cross_entropy(s_nat.float(), labels)
+    return loss, weights
+
+
+@register_method
+class IAD(ARD):
+    """IAD-I; inherits ARD's attack, teacher handling and schedule."""
+
+    name = "iad"
+    paper_epochs = 200
+    milestones = (100, 150)
+
+    @dataclasses.dataclass
+    class Options:
+        tau: float = 1.0                  # distillation temperature
+        beta: float = 0.1                 # αᵢ = P_T(x')[yᵢ]^β
+        alpha: float = 1.0                # weight a of the KD terms; 1 − a on the clean CE
+        begin: float = 60                 # introspection after this epoch (of 200; scaled)
+        attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
+
+    def _check_options(self):
+        super()._check_options()
+        if not self.options.beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {self.options.beta!r}")
+        if not self.options.begin >= 0:
+            raise ValueError(f"begin must be >= 0 (an epoch of the {self.paper_epochs}-epoch schedule), "
+                             f"got {self.options.begin!r}")
+
+    def introspection_active(self, epoch):
+        """True from the epoch after `begin` (scaled to the run length): epoch 61 of 200."""
+        begin = self.options.begin
+        return epoch > (scaled_epoch(begin, self.epochs, self.paper_epochs) if begin > 0 else 0)
+
+    def training_step(self, x, y):
+        opt = self.options
+        x_adv = self.attack_student(x, y)
+        S, T = self.student, self.teacher
+        introspect = self.introspection_active(self.epoch)
+        s_adv = S(x_adv)
+        # S(x) runs every step (BN statistics as in the code); it needs a graph only when used
+        with torch.set_grad_enabled(introspect or opt.alpha != 1.0):
+            s_nat = S(x)
+        with torch.no_grad():
+            t_nat = T(x)
+            t_adv = T(x_adv) if introspect else None
+        loss, weights = iad_loss(s_adv, s_nat, t_nat, t_adv, y, tau=opt.tau, beta=opt.beta, alpha=opt.alpha,
+                                 introspect=introspect)
+        return {"loss": loss, "iad_loss": loss.detach(), "iad_alpha": weights.mean()}
