@@ -54,6 +54,7 @@ class TrainConfig:
     eps: float = 8 / 255
     alpha: float = 2 / 255
     attack_steps: int = 10
+    attack_random_start: str = "default"   # default (the method's own) | uniform | normal | none
     # -- evaluation -----------------------------------------------------------------------------
     eval_every: int = 1                    # epochs between validation evaluations (clean + PGD-20)
     eval_pgd_steps: int = 20

@@ -117,7 +117,8 @@ def _run(config, state=None, progress_prefix=""):
     student = dist.wrap(student, device, config.sync_batchnorm)
     options = method_cls.Options(**config.method_args)
     method = method_cls(student, num_classes=num_classes, epochs=config.epochs, base_lr=config.lr,
-                        options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps),
+                        options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps,
+                                                                   config.attack_random_start),
                         device=device, **teachers)
     _distribute_method(method, dist, device, config)
     train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
@@ -204,6 +205,7 @@ def _teacher_config(config, kind):
         student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
         lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
         weight_decay=config.weight_decay, eps=config.eps, alpha=config.alpha, attack_steps=config.attack_steps,
+        attack_random_start=config.attack_random_start,
         eval_every=config.teacher_epochs, eval_pgd_steps=config.eval_pgd_steps, eval_n=config.eval_n,
         test_attacks=(), out_dir=os.path.join(config.resolved_out_dir(), "teachers", kind), seed=config.seed,
         device=config.device, progress=config.progress, log_every=config.log_every, plot=False,

@@ -9,11 +9,20 @@ from globally reduced losses (`Method.reduce_mean`), so every rank holds identic
 validation is sharded and its counts summed; rank 0 alone writes checkpoints and logs.
 NCCL on GPUs, gloo on CPUs.
 """
+import inspect
 import os
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+# Newer torch renamed DDP's broadcast_buffers to forward_sync_buffers (the old name warns).
+_NO_FORWARD_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 class DistributedModule(nn.Module):
@@ -90,9 +99,9 @@ class DistContext:
             return module
         if sync_batchnorm:
             module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        # broadcast_buffers=False: BN running statistics stay per rank (or synchronised by
-        # SyncBatchNorm); broadcasting them at every forward would cost a collective per call.
-        return DistributedModule(module, device, broadcast_buffers=False)
+        # No buffer broadcast at each forward: BN running statistics stay per rank (or are
+        # synchronised by SyncBatchNorm); broadcasting them would cost a collective per call.
+        return DistributedModule(module, device, **_NO_FORWARD_BUFFER_SYNC)
 
     def barrier(self):
         if self.enabled:

@@ -11,13 +11,29 @@ import dataclasses
 import torch
 
 
+RANDOM_STARTS = ("default", "uniform", "normal", "none")
+
+
 @dataclasses.dataclass
 class AttackSettings:
-    """The training-time inner maximisation (PGD on the student): L∞ radius, step, steps."""
+    """The training-time inner maximisation (PGD on the student): L∞ radius, step, steps, and
+    the random start ("default": the method's own — x + 0.001·N(0,I) for CIARD/TRADES/RSLAD,
+    uniform in the ε-ball for SAT/ARD; "none" makes the attack deterministic)."""
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
+    random_start: str = "default"
+
+    def __post_init__(self):
+        if self.random_start not in RANDOM_STARTS:
+            raise ValueError(f"attack random_start must be one of {RANDOM_STARTS}, got {self.random_start!r}")
+
+    def start(self, method_default):
+        """The random start to pass to `pgd`: the configured one, or the method's default."""
+        if self.random_start == "default":
+            return method_default
+        return None if self.random_start == "none" else self.random_start
 
 
 def _identity(tensor):

@@ -100,7 +100,7 @@ class CIARD(Method):
         # Step 1: PGD-CE on the student in eval mode, from x + 0.001·N(0, I).
         S.eval()
         x_adv = pgd(S, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start="normal", loss="ce", validate=False)
+                    random_start=self.attack.start("normal"), loss="ce", validate=False)
         S.train()
 
         # Step 2: forwards. N always frozen; R trainable only while ITT runs.

@@ -17,7 +17,7 @@ class SAT(Natural):
         model = self.student
         model.eval()
         x_adv = pgd(model, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start="uniform", loss="ce", validate=False)
+                    random_start=self.attack.start("uniform"), loss="ce", validate=False)
         model.train()
         loss = F.cross_entropy(model(x_adv).float(), y)
         return {"loss": loss, "ce_adv": loss.detach()}

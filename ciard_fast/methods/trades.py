@@ -34,7 +34,7 @@ class TRADES(Method):
         with torch.no_grad():
             clean_logits = model(x)
         x_adv = pgd(model, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start="normal", loss="kl", target_logits=clean_logits, validate=False)
+                    random_start=self.attack.start("normal"), loss="kl", target_logits=clean_logits, validate=False)
         model.train()
         logits = model(x).float()
         logits_adv = model(x_adv).float()
