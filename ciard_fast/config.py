@@ -75,7 +75,8 @@ class TrainConfig:
     precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: Optional[bool] = None   # None: on for CUDA
     cuda_graphs: Optional[bool] = None     # None: on for CUDA
-    compile: bool = False                  # torch.compile the models
+    compile: bool = False                  # torch.compile the models (in place: checkpoint keys unchanged)
+    optimizer: str = "auto"                # auto (fused SGD on CUDA) | sgd | fused | apex (if importable)
     sync_batchnorm: bool = False           # DDP: synchronise BN statistics across ranks
 
     # ---------------------------------------------------------------------------------------------
@@ -190,6 +191,10 @@ def validate_config(config):
          f"attack_steps must be an integer >= 1, got {config.attack_steps!r}")
     need(config.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {config.precision!r}")
     need(config.loader in ("device", "dali"), f"loader must be 'device' or 'dali', got {config.loader!r}")
+    need(config.optimizer in ("auto", "sgd", "fused", "apex"),
+         f"optimizer must be auto, sgd, fused or apex, got {config.optimizer!r}")
+    need(config.attack_random_start in ("default", "uniform", "normal", "none"),
+         f"attack_random_start must be default, uniform, normal or none, got {config.attack_random_start!r}")
     need(isinstance(config.eval_every, int) and config.eval_every >= 1,
          f"eval_every must be an integer >= 1 (epochs), got {config.eval_every!r}")
     need(isinstance(config.log_every, int) and config.log_every >= 1,

@@ -8,6 +8,7 @@ objective, so one function serves all of them.
 import torch
 
 from .. import kernels
+from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
 from .validate import (check_choice, check_images, check_kappa, check_labels, check_labels_in_range, check_model,
@@ -82,6 +83,8 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
             check_labels_in_range(y, target_logits.shape[1])
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if graphs.applicable(x, eps, alpha, generator, model):
+        return graphs.graphed_pgd(run_pgd, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa)
     return run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa, generator,
                    check_label_range=validate and loss != "kl")
 

@@ -23,6 +23,8 @@ def build_model(name, dataset, normalize, device, config, model_args=None):
     model = model.to(device)
     if use_channels_last(config.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model.compile()  # in place: state_dict keys stay those of the public layouts
     return model
 
 

@@ -22,9 +22,13 @@ def resolve_precision(precision, device):
 
 
 def autocast(precision, device):
-    """Context for the forward passes. Losses compute their softmax/KL in fp32 themselves."""
+    """Context for the forward passes. Losses compute their softmax/KL in fp32 themselves.
+
+    The weight-cast cache is off: a CUDA graph captured inside the block (the PGD loop) would
+    otherwise read cached bf16 copies of the weights that go stale after the optimiser step.
+    """
     if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

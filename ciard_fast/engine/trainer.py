@@ -14,7 +14,9 @@ import torch
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
+from ..attacks.graphs import cuda_graphs
 from .logs import Progress, write_history
+from .optim import build_optimizer, set_lr
 from .validation import correct_clean_and_pgd
 
 
@@ -40,8 +42,9 @@ class Trainer:
         self.out_dir = out_dir
         self.precision_ctx = precision_ctx
         self.dist = dist if dist is not None else DistContext()
-        self.optimizer = torch.optim.SGD(unwrap(student).parameters(), lr=method.student_lr(1),
-                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.optimizer = build_optimizer(unwrap(student).parameters(), method.student_lr(1), config.momentum,
+                                         config.weight_decay, method.device, config.optimizer)
+        self.graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else method.device.type == "cuda")
         self.state = RunState()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
 
@@ -100,8 +103,7 @@ class Trainer:
         config, method, loader = self.config, self.method, self.train_loader
         loader.set_epoch(epoch)
         lr = method.student_lr(epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         method.start_epoch(epoch)
         self.student.train()
         sums, steps, images = {}, 0, 0
@@ -109,7 +111,7 @@ class Trainer:
         start = time.perf_counter()
         for x, y in loader:
             self.optimizer.zero_grad(set_to_none=True)
-            with self.precision_ctx():
+            with self.precision_ctx(), cuda_graphs(self.graphs):
                 out = method.training_step(x, y)
             out["loss"].backward()
             self.optimizer.step()
