@@ -10,8 +10,11 @@ satisfies ``torch>=2.4`` is then left alone, so installing never pulls a second 
 """
 import os
 import re
+import shutil
+import subprocess
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -24,6 +27,25 @@ def read_version():
 def read_readme():
     with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
         return f.read()
+
+
+class BuildPyWithNative(build_py):
+    """With CIARD_FAST_BUILD_NATIVE=1, also build kernels/native (CMakeLists.txt: C always, CUDA
+    when a toolkit is found) and ship libciard_native next to its ctypes loader. Off by default:
+    the library is optional (the Triton kernels and the pure-torch references cover every op)."""
+
+    def run(self):
+        super().run()
+        if os.environ.get("CIARD_FAST_BUILD_NATIVE") != "1":
+            return
+        build_dir = os.path.join(HERE, "build")
+        subprocess.check_call(["cmake", "-S", HERE, "-B", build_dir, "-DCMAKE_BUILD_TYPE=Release"])
+        subprocess.check_call(["cmake", "--build", build_dir])
+        target = os.path.join(self.build_lib, "ciard_fast", "kernels", "native")
+        os.makedirs(target, exist_ok=True)
+        for name in os.listdir(build_dir):
+            if name.startswith("libciard_native"):
+                shutil.copy2(os.path.join(build_dir, name), target)
 
 
 setup(
@@ -42,9 +64,11 @@ setup(
         "ciard_fast.methods",
         "ciard_fast.engine",
         "ciard_fast.kernels",
+        "ciard_fast.kernels.native",
     ],
     package_dir={"ciard_fast": "ciard_fast", "ciard_fast.kernels": "kernels"},
-    package_data={"ciard_fast": ["presets/*.yaml"]},
+    package_data={"ciard_fast": ["presets/*.yaml"], "ciard_fast.kernels.native": ["*.h", "*.c", "*.cu"]},
+    cmdclass={"build_py": BuildPyWithNative},
     include_package_data=True,
     install_requires=[
         "torch>=2.4",
