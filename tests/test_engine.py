@@ -168,3 +168,15 @@ def test_cli_bad_input_is_one_clear_line(tmp_path, capsys):
     assert "unknown config key 'epochz'" in err and "Traceback" not in err
     assert main(["train", "--resume", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_cli_reads_a_training_checkpoint(tmp_path, capsys):
+    """`ciard-fast eval --weights last.pt` rebuilds the run's model (with its kwargs) and dataset."""
+    from ciard_fast.cli import main
+
+    ciard_fast.train(tiny_config(tmp_path, "run", epochs=1, test_attacks=()))
+    code = main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--attacks", "clean,fgsm",
+                 "--n", "16", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "| clean |" in out.lower() and "model small_cnn" in out

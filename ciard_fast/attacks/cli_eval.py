@@ -115,10 +115,15 @@ def run(args):
         else:
             normalize, normalize_from = False, "default"
         root = args.root if args.root is not None else config.get("data_root")
-        dataset = load_dataset(dataset_name, root=root, split=args.split)
+        # The run's own model/dataset keyword arguments (e.g. a width, a synthetic set's size)
+        # apply when the model/dataset are the run's own.
+        model_args = config.get("student_args") or {} if model_name == config.get("student") else {}
+        dataset_args = config.get("dataset_args") or {} if dataset_name == config.get("dataset") else {}
+        dataset = load_dataset(dataset_name, root=root, split=args.split, **dataset_args)
         num_classes = args.num_classes or dataset.num_classes
         model = create_model(model_name, num_classes=num_classes,
-                             normalize=(tuple(dataset.mean), tuple(dataset.std)) if normalize else None)
+                             normalize=(tuple(dataset.mean), tuple(dataset.std)) if normalize else None,
+                             **model_args)
         load_weights(model, state)
         device = torch.device(args.device) if args.device else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
