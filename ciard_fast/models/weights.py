@@ -1,0 +1,162 @@
+"""``load_weights``: put a public or our own checkpoint into a model, or say clearly why not.
+
+Public robust-training checkpoints come in many wrappers: a bare state_dict (TRADES
+``model_cifar_wrn.pt``, AutoAttack's example ResNet-18), ``{"state_dict": ...}`` (RobustBench,
+many training scripts), ``{"model": ...}`` / ``{"net": ...}`` (kuangliu/pytorch-cifar, ARD,
+RSLAD), with ``module.`` prefixes from ``nn.DataParallel`` or ``_orig_mod.`` from
+``torch.compile``. All of them load here with ``strict=True``.
+"""
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+# wrapper keys under which training scripts store the weights, tried in this order
+# "student": the student of a ciard-fast training checkpoint (teacher runs save their model there too)
+_WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "student")
+# prefixes that wrappers add to every key (DataParallel/DDP, torch.compile)
+_PREFIXES = ("module.", "_orig_mod.")
+_SHOW = 5  # keys quoted in an error message, per kind
+
+
+def load_weights(model, path_or_state_dict, strict=True):
+    """Load weights into ``model`` and return it.
+
+    Args:
+        model: the ``nn.Module`` to fill (a ``DataParallel``/DDP/``torch.compile`` wrapper is
+            looked through).
+        path_or_state_dict: a file path (read with ``torch.load(weights_only=True,
+            map_location="cpu")``) or a state_dict / checkpoint mapping. Wrappers
+            ``{"state_dict"|"model"|"net"|"model_state_dict"|"student": ...}`` are unwrapped (nested too)
+            and ``module.`` / ``_orig_mod.`` key prefixes are stripped.
+        strict: as in ``nn.Module.load_state_dict``; with ``strict=False`` missing and
+            unexpected keys are ignored, but a shape mismatch is still an error.
+
+    Returns:
+        ``model``, with its weights replaced (in place).
+
+    Raises:
+        ValueError: the checkpoint does not fit the model: the message names the missing and
+            unexpected keys (first few + counts) and the shape mismatches; or the file is not
+            a plain tensor checkpoint.
+        TypeError: ``model`` is not an ``nn.Module``, or the checkpoint is not a mapping of
+            tensors.
+        FileNotFoundError: the path does not exist.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"load_weights needs an nn.Module as model; got {type(model).__name__}")
+    target = _unwrap_model(model)
+    state = _read(path_or_state_dict)
+    state = _unwrap_checkpoint(state)
+    state = _strip_prefixes(state)
+    state = _adopt_normalization(target, state)
+    _check_fits(target, state, strict)
+    target.load_state_dict(state, strict=strict)
+    return model
+
+
+def _unwrap_model(model):
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _read(source):
+    if isinstance(source, Mapping):
+        return source
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(
+            f"load_weights takes a file path or a state_dict mapping; got {type(source).__name__}"
+        )
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # an arbitrary pickle (argparse Namespace, numpy objects, ...)
+        raise ValueError(
+            f"could not read {path!r} as a plain tensor checkpoint (torch.load with "
+            f"weights_only=True failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "If you trust the file, load it yourself with torch.load(path, weights_only=False) "
+            "and pass the state_dict to load_weights."
+        ) from e
+
+
+def _unwrap_checkpoint(state):
+    seen = 0
+    while not _is_tensor_mapping(state):
+        if not isinstance(state, Mapping):
+            raise TypeError(f"checkpoint must be a mapping of tensors; got {type(state).__name__}")
+        inner = next((state[k] for k in _WRAPPER_KEYS
+                      if k in state and isinstance(state[k], Mapping)), None)
+        if inner is None or seen > 4:
+            odd = {k: type(v).__name__ for k, v in state.items() if not torch.is_tensor(v)}
+            shown = dict(list(odd.items())[:_SHOW])
+            raise TypeError(
+                f"checkpoint is not a state_dict: {len(odd)} entries are not tensors {shown}, "
+                f"and none of the wrapper keys {list(_WRAPPER_KEYS)} holds one"
+            )
+        state, seen = inner, seen + 1
+    return state
+
+
+def _is_tensor_mapping(state):
+    return isinstance(state, Mapping) and all(torch.is_tensor(v) for v in state.values())
+
+
+def _strip_prefixes(state):
+    out = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for p in _PREFIXES:
+                if key.startswith(p):
+                    key, stripped = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def _adopt_normalization(model, state):
+    # e.g. a RobustBench DMWideResNet saved with persistent mean/std buffers: those keys are
+    # the layout's input statistics, which our models hold as non-persistent buffers
+    keys = getattr(model, "normalization_state_keys", None)
+    if not keys or not all(k in state for k in keys) or any(k in model.state_dict() for k in keys):
+        return state
+    mean, std = (state[k].detach().float().flatten().tolist() for k in keys)
+    model.set_normalization((mean, std))
+    return {k: v for k, v in state.items() if k not in keys}
+
+
+def _check_fits(model, state, strict):
+    expected = model.state_dict()
+    # checkpoints from before PyTorch 0.4.1 lack BatchNorm's counter; BatchNorm fills it in
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [(k, tuple(state[k].shape), tuple(expected[k].shape))
+                  for k in state if k in expected and state[k].shape != expected[k].shape]
+    if not mismatched and (not strict or not (missing or unexpected)):
+        return
+    parts = []
+    if strict and missing:
+        parts.append(f"{len(missing)} missing key(s) {missing[:_SHOW]}")
+    if strict and unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s) {unexpected[:_SHOW]}")
+    if mismatched:
+        shown = ", ".join(f"{k}: checkpoint {c} vs model {m}" for k, c, m in mismatched[:_SHOW])
+        parts.append(f"{len(mismatched)} shape mismatch(es) [{shown}]")
+    only_head = not missing and not unexpected and len(mismatched) <= 2 and all(
+        len(c) <= 2 for _, c, _ in mismatched)
+    hint = ("Only the classifier differs: the checkpoint was probably trained with another "
+            "num_classes" if only_head else
+            "It is probably a checkpoint of another architecture; build the matching model "
+            "(see ciard_fast.models.list_models()) or pass strict=False to load the keys that fit")
+    raise ValueError(
+        f"checkpoint ({len(state)} tensors) does not fit {type(model).__name__} "
+        f"({len(expected)} tensors): " + "; ".join(parts) + f". {hint}."
+    )
