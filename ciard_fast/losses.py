@@ -116,3 +116,15 @@ def update_loss_weights(weights, losses, initial_losses, lr):
     weights.sub_(lr * (weights - ratios / ratios.sum())).clamp_(min=0.0)
     weights.div_(weights.sum().clamp(min=1e-12))
     return weights
+
+
+def neg_entropy(logits, T=1.0):
+    """mean_{B×C} p·log(p + 1e-5), p = softmax(logits / T) (no gradient): the quantity CIARD.md
+    step 7 compares between teachers (H_adv, H_nat) to adapt their temperatures.
+
+    Equals the H_adv/H_nat that `ciard_loss` returns; for methods (B-MTARD) that need the
+    temperature rule without the fused CIARD pass. logits: [B, C]; T: float or 0-d tensor.
+    """
+    with torch.no_grad():
+        p = F.softmax(logits.detach().float() / T, dim=1)
+        return (p * torch.log(p + kernels.reference.KL_EPS)).mean()

@@ -35,6 +35,11 @@ from .logs import write_text_atomic
 COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades": "PGD-TRADES", "cw": "CW∞",
            "aa": "AA", "worst": "Worst"}
 ROW_FILE = "compare_row.json"
+# What every method shares with the base config even when it starts from its own preset: the data,
+# the seed, the evaluation, and the teachers' architecture (their weights are shared).
+SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps", "test_n",
+          "robust_teacher_model", "robust_teacher_normalize", "robust_teacher_args",
+          "clean_teacher_model", "clean_teacher_normalize", "clean_teacher_args")
 
 
 @dataclasses.dataclass
@@ -84,7 +89,7 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             it the column is skipped with a warning).
         per_method_presets: start each method from "<preset>-<method>" when that preset exists
             (e.g. cifar10-resnet18-rslad: RSLAD's own epochs and weight decay), else from `preset`.
-            The teachers always come from `preset`.
+            The teachers, the data, the seed and the evaluation always come from `preset`.
         reuse: read back a method's row when its run in <out_dir>/<method>/ finished with the same
             config, instead of training it again.
         **overrides: TrainConfig fields for every method, and method options (each goes to the
@@ -120,10 +125,9 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
     rows = {}
     for name in names:
         cls = classes[name]
-        method_preset = preset
-        if per_method_presets and preset and f"{preset}-{name}" in list_presets():
-            method_preset = f"{preset}-{name}"
-        given = {**fields, **{k: v for k, v in options.items() if k in _option_names(name)}}
+        method_preset = preset_for(preset, name, per_method_presets)
+        given = {**{k: getattr(base, k) for k in SHARED}, **fields,
+                 **{k: v for k, v in options.items() if k in _option_names(name)}}
         run_overrides = dict(given, method=name, out_dir=os.path.join(out_dir, name), test_attacks=tuple(attacks),
                              compare_natural_student=False)
         for kind in ("robust", "clean"):
@@ -156,6 +160,15 @@ def _method_names(methods):
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice: {names}")
     return names
+
+
+def preset_for(preset, method, per_method_presets=True):
+    """The preset `method` starts from: "<preset>-<method>" (its own recipe) when asked for and
+    shipped, else `preset` (e.g. cifar10-resnet18 + rslad -> cifar10-resnet18-rslad; + ciard ->
+    cifar10-resnet18, which is CIARD's)."""
+    if per_method_presets and preset and f"{preset}-{method}" in list_presets():
+        return f"{preset}-{method}"
+    return preset
 
 
 def _option_names(method):
@@ -271,4 +284,4 @@ def markdown_table(result):
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["compare", "CompareResult", "markdown_table"]
+__all__ = ["compare", "CompareResult", "markdown_table", "preset_for"]

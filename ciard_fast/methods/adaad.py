@@ -9,7 +9,7 @@ the teacher as well as the student):
          x + 0.001·N(0, I), student and teacher in eval mode)
     L  = kd_scale·[ α·mean KL(softmax(T(x')) ‖ softmax(S(x'))) + (1 − α)·mean KL(softmax(T(x)) ‖ softmax(S(x))) ]
 
-KL exact (torch's `nn.KLDivLoss`, p·(log p − log q)), α = 1. lr 0.1, ×0.1 at 100 and 150 of 200,
+KL exact (torch's `nn.KLDivLoss`, p·(log p − log q)), α = 1 (`adv_weight`). lr 0.1, ×0.1 at 100 and 150 of 200,
 weight decay 5e-4.
 
 Following the public code (`adaad_inner_loss` and the training loop of the AdaAD repository):
@@ -61,12 +61,12 @@ def adaad_attack(student, teacher, x, eps=8 / 255, alpha=2 / 255, steps=10, gene
     return x_adv
 
 
-def adaad_loss(s_adv, s_nat, t_adv, t_nat, alpha=1.0, kd_scale=1.0):
+def adaad_loss(s_adv, s_nat, t_adv, t_nat, adv_weight=1.0, kd_scale=1.0):
     """kd_scale·[α·mean_{B×C} KL(T(x') ‖ S(x')) + (1 − α)·mean_{B×C} KL(T(x) ‖ S(x))] (float32 0-d).
     s_nat and t_nat may be None when α = 1."""
-    loss = alpha * kl_divergence(t_adv, s_adv).mean()
-    if alpha != 1.0:
-        loss = loss + (1.0 - alpha) * kl_divergence(t_nat, s_nat).mean()
+    loss = adv_weight * kl_divergence(t_adv, s_adv).mean()
+    if adv_weight != 1.0:
+        loss = loss + (1.0 - adv_weight) * kl_divergence(t_nat, s_nat).mean()
     return kd_scale * loss
 
 
@@ -80,14 +80,14 @@ class AdaAD(Method):
 
     @dataclasses.dataclass
     class Options:
-        alpha: float = 1.0                # weight of KL at x'; 1 − α on KL at x
+        adv_weight: float = 1.0           # α: weight of KL at x'; 1 − α on KL at x
         kd_scale: Optional[float] = None  # None: 1 on 10 classes, C otherwise (the code's CIFAR-100 sum)
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         opt = self.options
-        if not 0.0 <= opt.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {opt.alpha!r}")
+        if not 0.0 <= opt.adv_weight <= 1.0:
+            raise ValueError(f"adv_weight must be in [0, 1], got {opt.adv_weight!r}")
         if opt.kd_scale is not None and not opt.kd_scale > 0:
             raise ValueError(f"kd_scale must be > 0 or None, got {opt.kd_scale!r}")
         if opt.kd_scale is None:
@@ -105,7 +105,7 @@ class AdaAD(Method):
 
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher
-        alpha = self.options.alpha
+        alpha = self.options.adv_weight
         S.eval()
         x_adv = adaad_attack(S, T, x, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps)
         S.train()
@@ -115,5 +115,5 @@ class AdaAD(Method):
         with torch.no_grad():
             t_adv = T(x_adv)
             t_nat = T(x) if alpha != 1.0 else None
-        loss = adaad_loss(s_adv, s_nat, t_adv, t_nat, alpha=alpha, kd_scale=self.kd_scale)
+        loss = adaad_loss(s_adv, s_nat, t_adv, t_nat, adv_weight=alpha, kd_scale=self.kd_scale)
         return {"loss": loss, "adaad_loss": loss.detach()}

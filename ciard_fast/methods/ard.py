@@ -6,9 +6,9 @@ the student its own adversarial example:
     L = α·τ²·mean_{B×C} KL(softmax(T(x)/τ) ‖ softmax(S(x')/τ)) + (1 − α)·CE(S(x), y)
 
 with KL(p ‖ q) = p·(log p − log q) elementwise (torch's `nn.KLDivLoss()`, default reduction
-"mean" over all B×C elements, no +1e-5), τ = 30, α = 1. x' = PGD-10 on the student's CE,
-ε = 8/255, step 2/255, uniform random start in the ε-ball. lr 0.1, ×0.1 at epochs 100 and 150
-of 200, weight decay 2e-4.
+"mean" over all B×C elements, no +1e-5), τ = 30 (`tau`), α = 1 (`kd_weight`). x' = PGD-10 on the
+student's CE, ε = 8/255, step 2/255, uniform random start in the ε-ball. lr 0.1, ×0.1 at epochs
+100 and 150 of 200, weight decay 2e-4.
 
 Where this follows the public code (goldblum/AdversariallyRobustDistillation) over the paper, or
 differs from it on purpose:
@@ -43,7 +43,7 @@ def kl_divergence(teacher_logits, student_logits, teacher_T=1.0, student_T=1.0):
     return F.kl_div(log_q, log_p, reduction="none", log_target=True)
 
 
-def ard_loss(s_adv, s_nat, t_nat, labels, tau=30.0, alpha=1.0, sample_weights=None):
+def ard_loss(s_adv, s_nat, t_nat, labels, tau=30.0, kd_weight=1.0, sample_weights=None):
     """The ARD objective on logits [B, C] (float32 0-d tensor):
 
         α·τ²·mean_i( w_i · mean_c KL_ic ) + (1 − α)·mean_i( w_i · CE(S(x)_i, y_i) ),
@@ -56,12 +56,12 @@ def ard_loss(s_adv, s_nat, t_nat, labels, tau=30.0, alpha=1.0, sample_weights=No
     kl = kl_divergence(t_nat, s_adv, tau, tau).mean(dim=1)
     if sample_weights is not None:
         kl = kl * sample_weights
-    loss = alpha * tau * tau * kl.mean()
-    if alpha != 1.0:
+    loss = kd_weight * tau * tau * kl.mean()
+    if kd_weight != 1.0:
         ce = F.cross_entropy(s_nat.float(), labels, reduction="none")
         if sample_weights is not None:
             ce = ce * sample_weights
-        loss = loss + (1.0 - alpha) * ce.mean()
+        loss = loss + (1.0 - kd_weight) * ce.mean()
     return loss
 
 
@@ -78,7 +78,7 @@ class ARD(Method):
     @dataclasses.dataclass
     class Options:
         tau: float = 30.0                 # distillation temperature (both sides)
-        alpha: float = 1.0                # weight of the KD term; 1 − α on the clean CE
+        kd_weight: float = 1.0            # α: weight of the KD term; 1 − α on the clean CE
         attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
 
     def __init__(self, student, **kwargs):
@@ -90,8 +90,8 @@ class ARD(Method):
         opt = self.options
         if not opt.tau > 0:
             raise ValueError(f"tau must be > 0, got {opt.tau!r}")
-        if not 0.0 <= opt.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {opt.alpha!r}")
+        if not 0.0 <= opt.kd_weight <= 1.0:
+            raise ValueError(f"kd_weight must be in [0, 1], got {opt.kd_weight!r}")
 
     @property
     def teacher(self):
@@ -105,14 +105,15 @@ class ARD(Method):
         freeze(self.teacher)
 
     # ---- one step ------------------------------------------------------------------------------
-    def attack_student(self, x, y, model=None):
-        """PGD-CE on the student, uniform start in the ε-ball. `model` (default the student) lets
-        Fair-ARD attack through a wrapper that counts correct predictions per step."""
+    def attack_student(self, x, y, model=None, eps=None):
+        """PGD-CE on the student, uniform start in the ε-ball. `model` (default the student) and
+        `eps` (default the configured radius) let Fair-ARD attack through a counting wrapper."""
         S = self.student
         if not self.options.attack_train_mode:
             S.eval()
-        x_adv = pgd(S if model is None else model, x, y, eps=self.attack.eps, alpha=self.attack.alpha,
-                    steps=self.attack.steps, random_start="uniform", loss="ce", validate=False)
+        x_adv = pgd(S if model is None else model, x, y, eps=self.attack.eps if eps is None else eps,
+                    alpha=self.attack.alpha, steps=self.attack.steps, random_start="uniform", loss="ce",
+                    validate=False)
         S.train()
         return x_adv
 
@@ -121,7 +122,7 @@ class ARD(Method):
         only when the CE term is used."""
         S = self.student
         s_adv = S(x_adv)
-        if self.options.alpha != 1.0:
+        if self.options.kd_weight != 1.0:
             s_nat = S(x)
         else:
             with torch.no_grad():
@@ -134,5 +135,5 @@ class ARD(Method):
         s_adv, s_nat = self.student_forwards(x, x_adv)
         with torch.no_grad():
             t_nat = self.teacher(x)
-        loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, alpha=opt.alpha)
+        loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, kd_weight=opt.kd_weight)
         return {"loss": loss, "ard_loss": loss.detach()}

@@ -9,13 +9,17 @@ teachers in eval mode, the adaptive temperatures and loss weights of CIARD.md st
     L_adv = kd_scale·mean_{B×C} kl(softmax(R(x')/τ_adv), log_softmax(S(x')))
     L_nat = kd_scale·mean_{B×C} kl(softmax(N(x)/τ_nat),  log_softmax(S(x)))
     H_a   = mean p_a·log(p_a + 1e-5), p_a = softmax(R(x')/τ_adv);  H_n likewise for N(x)/τ_nat
-    τ_adv ← clip(τ_adv − η_τ·sign(H_a/H_n − 1), 1, 10);  τ_nat ← clip(τ_nat − η_τ·sign(H_n/H_a − 1), 1, 10)
-            (the new temperatures take effect from the next step)
-    rᵢ = Lᵢ/L⁰ᵢ (L⁰ from the first step);  wᵢ ← wᵢ − η_w·(wᵢ − rᵢ/(r_adv + r_nat)); clip 0; renormalise
+    τ_adv ← clip(τ_adv − η_τ·sign(H_a/H_n − 1), 1, 10)
+    τ_nat ← clip(τ_nat − η_τ·sign(H_n/H_a − 1), 1, 10)     (the new τ take effect from the next step)
+    rᵢ = Lᵢ/L⁰ᵢ (L⁰ from the first step);  wᵢ ← wᵢ − η_w·(wᵢ − rᵢ/(r_adv + r_nat));
+    w ← max(w, 0) / Σ max(w, 0)
     L     = w_adv·L_adv + w_nat·L_nat
 
 τ = 1, w = 0.5/0.5 at start, η_τ = 0.001, η_w = 0.025; lr, η_τ and η_w ×0.1 at 215, 260, 285 of
 300 epochs; kd_scale = C/10. The temperature divides the teacher logits only (CIARD.md step 3).
+This is also what the public B-MTARD training script computes (its `kl_loss`, `entropy_value` and
+weight rule, R on the student's x', N on x); it applies the ×0.1 events after epoch 215 has run
+(from 216), here they take effect from epoch 215 as `step_lr` does for every method.
 All state (τ, w, L⁰, η) lives on the device: a step makes no host sync.
 """
 import dataclasses

@@ -10,9 +10,11 @@ student still classifies it correctly; after the epoch
 
 and the next epoch minimises ARD's loss with every example's terms multiplied by w_{yᵢ}:
 
-    L = α·τ²·mean_i( w_{yᵢ}·mean_c KL(softmax(T(x)/τ) ‖ softmax(S(x')/τ))_ic ) + (1 − α)·mean_i( w_{yᵢ}·CE(S(x)ᵢ, yᵢ) )
+    L = α·τ²·mean_i( w_{yᵢ}·mean_c KL(softmax(T(x)/τ) ‖ softmax(S(x')/τ))_ic )
+        + (1 − α)·mean_i( w_{yᵢ}·CE(S(x)ᵢ, yᵢ) )
 
-(τ = 30, α = 1; all weights 1 in the first epoch). lr 0.1, ×0.1 at 100/150 of 200.
+(τ = 30 `tau`, α = 1 `kd_weight`, β = 2 `beta`; all weights 1 in the first epoch).
+lr 0.1, ×0.1 at 100/150 of 200.
 
 Following the public code (Fair-ARD `train_fair_ard_cifar10.py`): a step counts as correct when the
 prediction *before* that step's update is right (steps 0..K−1 of PGD), the reduction is ARD's
@@ -64,7 +66,7 @@ class FairARD(ARD):
     @dataclasses.dataclass
     class Options:
         tau: float = 30.0                                    # ARD's temperature
-        alpha: float = 1.0                                   # weight of the KD term; 1 − α on the CE
+        kd_weight: float = 1.0                               # α: weight of the KD term; 1 − α on the CE
         beta: float = 2.0                                    # w_c = (1/κ_c)^β
         weight_bounds: Tuple[float, float] = (5.0 / 6.0, 5.0 / 2.0)  # clip of the normalised weights
         attack_train_mode: bool = False                      # True: attack with BN in train mode (the code)
@@ -75,6 +77,10 @@ class FairARD(ARD):
         self.class_weights = torch.ones(C, device=self.device)
         self.kappa_sum = torch.zeros(C, device=self.device)   # Σ correct steps, per class, this epoch
         self.class_count = torch.zeros(C, device=self.device)  # examples seen, per class, this epoch
+        # ε as a device tensor keeps this attack out of CUDA-graph capture (attacks/graphs.py):
+        # the capture's eager warm-up loops would add their forwards to the counts a second and
+        # third time, and a per-step wrapper has a new identity every step.
+        self._eps = self._scalar(self.attack.eps)
 
     def _check_options(self):
         super()._check_options()
@@ -113,14 +119,14 @@ class FairARD(ARD):
     def training_step(self, x, y):
         opt = self.options
         counter = _CorrectStepCounter(self.student, y)
-        x_adv = self.attack_student(x, y, model=counter)
+        x_adv = self.attack_student(x, y, model=counter, eps=self._eps)
         self.kappa_sum.index_add_(0, y, counter.count)
         self.class_count.index_add_(0, y, torch.ones_like(counter.count))
         s_adv, s_nat = self.student_forwards(x, x_adv)
         with torch.no_grad():
             t_nat = self.teacher(x)
         sample_weights = self.class_weights[y]
-        loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, alpha=opt.alpha, sample_weights=sample_weights)
+        loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, kd_weight=opt.kd_weight, sample_weights=sample_weights)
         return {"loss": loss, "fair_ard_loss": loss.detach(), "mean_sample_weight": sample_weights.mean()}
 
     def log_values(self):

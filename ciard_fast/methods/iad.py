@@ -11,8 +11,9 @@ goes to the student's own clean prediction:
          + a·(1/B)Σᵢ (1 − αᵢ)·Σ_c KL(softmax(S(x)) ‖ softmax(S(x')))
          + (1 − a)·CE(S(x), y)
 
-τ = 1, β = 0.1, a = 1 (so the CE term vanishes); before the start epoch the middle term is absent.
-Schedule: ARD's (lr 0.1, ×0.1 at 100 and 150 of 200); introspection from epoch 60 of 200.
+τ = 1 (`tau`), β = 0.1 (`beta`), a = 1 (`kd_weight`, so the CE term vanishes); before the start
+epoch the middle term is absent. Schedule: ARD's (lr 0.1, ×0.1 at 100 and 150 of 200);
+introspection after epoch 60 of 200 (`begin`).
 
 Following the public code (ZFancy/IAD, `IAD-I`) where it is more specific than the paper:
   * KL is torch's exact `nn.KLDivLoss` summed over classes and averaged over the batch (not ARD's
@@ -41,7 +42,7 @@ def iad_alpha(t_adv, labels, beta=0.1):
         return p.gather(1, labels[:, None]).squeeze(1).pow(beta)
 
 
-def iad_loss(s_adv, s_nat, t_nat, t_adv, labels, tau=1.0, beta=0.1, alpha=1.0, introspect=True):
+def iad_loss(s_adv, s_nat, t_nat, t_adv, labels, tau=1.0, beta=0.1, kd_weight=1.0, introspect=True):
     """The IAD-I objective on logits [B, C] (see the module docstring); returns (loss, αᵢ [B]).
 
     s_adv = S(x'), s_nat = S(x) (both with gradients), t_nat = T(x), t_adv = T(x') (teacher
@@ -49,18 +50,18 @@ def iad_loss(s_adv, s_nat, t_nat, t_adv, labels, tau=1.0, beta=0.1, alpha=1.0, i
     α = 1 for every example.
     """
     kd = kl_divergence(t_nat, s_adv, tau, tau).sum(dim=1).mean()
-    loss = alpha * tau * tau * kd
+    loss = kd_weight * tau * tau * kd
     if introspect:
         weights = iad_alpha(t_adv, labels, beta)
         # softmax(S(x)) stays in the graph (the public code does not detach it)
         log_p = F.log_softmax(s_nat.float(), dim=1)
         log_q = F.log_softmax(s_adv.float(), dim=1)
         self_kl = F.kl_div(log_q, log_p, reduction="none", log_target=True).sum(dim=1)
-        loss = loss + alpha * (self_kl * (1.0 - weights)).mean()
+        loss = loss + kd_weight * (self_kl * (1.0 - weights)).mean()
     else:
         weights = torch.ones(labels.shape[0], device=s_adv.device)
-    if alpha != 1.0:
-        loss = loss + (1.0 - alpha) * F.cross_entropy(s_nat.float(), labels)
+    if kd_weight != 1.0:
+        loss = loss + (1.0 - kd_weight) * F.cross_entropy(s_nat.float(), labels)
     return loss, weights
 
 
@@ -76,7 +77,7 @@ class IAD(ARD):
     class Options:
         tau: float = 1.0                  # distillation temperature
         beta: float = 0.1                 # αᵢ = P_T(x')[yᵢ]^β
-        alpha: float = 1.0                # weight a of the KD terms; 1 − a on the clean CE
+        kd_weight: float = 1.0            # a: weight of the KD terms; 1 − a on the clean CE
         begin: float = 60                 # introspection after this epoch (of 200; scaled)
         attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
 
@@ -100,11 +101,11 @@ class IAD(ARD):
         introspect = self.introspection_active(self.epoch)
         s_adv = S(x_adv)
         # S(x) runs every step (BN statistics as in the code); it needs a graph only when used
-        with torch.set_grad_enabled(introspect or opt.alpha != 1.0):
+        with torch.set_grad_enabled(introspect or opt.kd_weight != 1.0):
             s_nat = S(x)
         with torch.no_grad():
             t_nat = T(x)
             t_adv = T(x_adv) if introspect else None
-        loss, weights = iad_loss(s_adv, s_nat, t_nat, t_adv, y, tau=opt.tau, beta=opt.beta, alpha=opt.alpha,
+        loss, weights = iad_loss(s_adv, s_nat, t_nat, t_adv, y, tau=opt.tau, beta=opt.beta, kd_weight=opt.kd_weight,
                                  introspect=introspect)
         return {"loss": loss, "iad_loss": loss.detach(), "iad_alpha": weights.mean()}

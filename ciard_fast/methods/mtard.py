@@ -14,13 +14,13 @@ teacher N on the clean image, balanced by MTARD's adaptive loss weights (CIARD.m
 kl(p, log q) = p·(log(p + 1e-5) − log q) (`losses.kd_kl`), no temperatures, w = 0.5/0.5 at start,
 η_w = 0.025; lr and η_w ×0.1 at 215, 260, 285 of 300; kd_scale = C/10 (×10 on CIFAR-100).
 
-Following the public MTARD code where it is specific: the attack starts from x + 0.001·N(0, I)
-(not BASELINES.md's generic uniform start) and the weight rule updates w_nat only. The code's rule
-is the two-weight rule of `losses.update_loss_weights` restricted to w_adv + w_nat = 1, which keeps
+Following the MTARD training loop as published (read here in the Fair-ARD authors' MTARD
+script, whose loop is MTARD's) where it is specific: the attack starts from x + 0.001·N(0, I)
+(not BASELINES.md's generic uniform start) and the weight rule updates w_nat only. That rule is
+the two-weight rule of `losses.update_loss_weights` restricted to w_adv + w_nat = 1, which keeps
 the sum at 1 on its own; we apply that function and then set w_adv = 1 − w_nat exactly. The code
-decays lr and η_w after epoch 215 has run (from 216) and uses Nesterov momentum; here the decays
-take effect from epoch 215 (as `step_lr` does for every method) and the engine's SGD is plain
-momentum. All state (w, L⁰, η_w) is on the device: no host sync in a step.
+decays lr and η_w after epoch 215 has run (from 216); here the decays take effect from epoch 215,
+as `step_lr` does for every method. All state (w, L⁰, η_w) is on the device: no host sync in a step.
 """
 import dataclasses
 from typing import Optional, Tuple
