@@ -5,6 +5,7 @@ cheap (the CLI's ``--help`` should not pay for Triton or scikit-learn).
 
     >>> import ciard_fast
     >>> result = ciard_fast.train()                    # the embedded digits demo
+    >>> table = ciard_fast.compare(["ciard", "rslad", "mtard"], preset="demo")
     >>> model = ciard_fast.create_model("resnet18", num_classes=10, normalize="cifar10")
     >>> x_adv = ciard_fast.pgd(model, x, y, eps=8/255, alpha=2/255, steps=10)
     >>> report = ciard_fast.evaluate(model, ciard_fast.load_dataset("cifar10", split="test"))
@@ -16,6 +17,7 @@ from .version import __version__
 # public name -> module that defines it
 _EXPORTS = {
     "train": "ciard_fast.engine.api",
+    "compare": "ciard_fast.engine.compare",
     "TrainConfig": "ciard_fast.config",
     "TrainResult": "ciard_fast.engine.api",
     "evaluate": "ciard_fast.attacks.evaluate",

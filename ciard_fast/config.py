@@ -9,7 +9,7 @@ import dataclasses
 import difflib
 import os
 import typing
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 DEFAULT_PRESET = "demo"
@@ -29,19 +29,22 @@ class TrainConfig:
     data_root: Optional[str] = None        # default $CIARD_FAST_DATA or ~/.cache/ciard_fast/data
     val_size: Optional[int] = None         # held-out validation images carved from train (None: dataset default)
     loader: str = "device"                 # device (whole uint8 set on the device) | dali
+    crop_padding: int = 4                  # random crop with this zero padding (0: no crop)
+    flip: bool = True                      # random horizontal flip (off for digits: a flipped 2 is no 2)
     # -- models ---------------------------------------------------------------------------------
     student: str = "resnet18"
     student_args: dict = dataclasses.field(default_factory=dict)  # model kwargs, e.g. {width: 16}
-    student_normalize: bool = True         # per-dataset mean/std inside the model
+    student_normalize: Union[bool, str] = True  # dataset mean/std inside the model; or a DATASET_STATS name
     robust_teacher: Optional[str] = None   # checkpoint path; None: trained first (robust_teacher_method)
     robust_teacher_model: str = "wrn34_10"
     robust_teacher_args: dict = dataclasses.field(default_factory=dict)
-    robust_teacher_normalize: bool = False  # the public TRADES WRN-34-10 takes raw [0,1] pixels
+    robust_teacher_normalize: Union[bool, str] = False  # the public TRADES WRN-34-10 takes raw [0,1] pixels
     robust_teacher_method: str = "trades"
     clean_teacher: Optional[str] = None    # checkpoint path; None: trained first (natural)
     clean_teacher_model: str = "resnet56"
     clean_teacher_args: dict = dataclasses.field(default_factory=dict)
-    clean_teacher_normalize: bool = True   # False reproduces the reference code's raw-pixel ResNet-56
+    clean_teacher_normalize: Union[bool, str] = True  # False: the reference code's raw-pixel ResNet-56;
+    #                                      "cifar10_legacy": the statistics the public hub ResNet-56 was trained with
     teacher_epochs: int = 100              # when a teacher has to be trained first
     teacher_lr: float = 0.1
     # -- optimisation ---------------------------------------------------------------------------
@@ -195,6 +198,8 @@ def validate_config(config):
          f"optimizer must be auto, sgd, fused or apex, got {config.optimizer!r}")
     need(config.attack_random_start in ("default", "uniform", "normal", "none"),
          f"attack_random_start must be default, uniform, normal or none, got {config.attack_random_start!r}")
+    need(isinstance(config.crop_padding, int) and config.crop_padding >= 0,
+         f"crop_padding must be an integer >= 0, got {config.crop_padding!r}")
     need(isinstance(config.eval_every, int) and config.eval_every >= 1,
          f"eval_every must be an integer >= 1 (epochs), got {config.eval_every!r}")
     need(isinstance(config.log_every, int) and config.log_every >= 1,
@@ -242,7 +247,9 @@ def parse_value(text, annotation):
             raise ValueError(f"expected a mapping such as '{{width: 16}}', got {text!r}")
         return data
     if origin in (tuple, list) or annotation in (tuple, list):
-        return tuple(p.strip() for p in text.split(",") if p.strip())
+        # Tuple[int, ...] -> each element as int ("215,260,285" -> (215, 260, 285))
+        element = args[0] if args and args[0] is not Ellipsis else str
+        return tuple(parse_value(p.strip(), element) for p in text.split(",") if p.strip())
     # Unknown annotation (method options given on the CLI): best guess.
     lowered = text.lower()
     if lowered in _TRUE | _FALSE:

@@ -200,7 +200,8 @@ def _teacher_config(config, kind):
     method = config.robust_teacher_method if kind == "robust" else "natural"
     return build_config(overrides=dict(
         method=method, dataset=config.dataset, dataset_args=config.dataset_args, data_root=config.data_root,
-        val_size=config.val_size, loader=config.loader, student=getattr(config, f"{kind}_teacher_model"),
+        val_size=config.val_size, loader=config.loader, crop_padding=config.crop_padding, flip=config.flip,
+        student=getattr(config, f"{kind}_teacher_model"),
         student_args=getattr(config, f"{kind}_teacher_args"),
         student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
         lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
@@ -231,7 +232,9 @@ def _natural_student(config, splits, device):
     """Train the same architecture naturally (the demo's point of comparison) and test it."""
     sub = build_config(overrides={
         **{k: v for k, v in config.to_dict().items() if k not in ("method_args", "resume", "stop_after")},
-        "method": "natural", "compare_natural_student": False, "plot": False,
+        # Trained like the clean teacher (cross-entropy at teacher_lr): `lr` is tuned for the
+        # distillation losses, whose elementwise-mean KL is C times smaller than a CE.
+        "method": "natural", "lr": config.teacher_lr, "compare_natural_student": False, "plot": False,
         "out_dir": os.path.join(config.resolved_out_dir(), "natural_student"),
     })
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")

@@ -17,9 +17,13 @@ def load_splits(config):
 
 
 def build_model(name, dataset, normalize, device, config, model_args=None):
-    """A registered model for `dataset`'s classes, normalising with its mean/std if asked."""
-    model = create_model(name, num_classes=dataset.num_classes,
-                         normalize=(dataset.mean, dataset.std) if normalize else None, **(model_args or {}))
+    """A registered model for `dataset`'s classes. `normalize`: True (the dataset's mean/std),
+    False (raw [0,1] pixels) or the name of published statistics (e.g. "cifar10_legacy")."""
+    if isinstance(normalize, str):
+        stats = normalize
+    else:
+        stats = (dataset.mean, dataset.std) if normalize else None
+    model = create_model(name, num_classes=dataset.num_classes, normalize=stats, **(model_args or {}))
     model = model.to(device)
     if use_channels_last(config.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
@@ -38,6 +42,7 @@ def build_loader(config, dataset, device, train, limit=None, dist=None):
         dataset = dataclasses.replace(dataset, images=dataset.images[:limit], labels=dataset.labels[:limit])
     return make_loader(
         config.loader, dataset, batch_size=config.batch_size // world_size, device=device, shuffle=train,
-        augment=train, drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
+        augment=train and (config.crop_padding > 0 or config.flip), crop_padding=config.crop_padding,
+        flip=config.flip, drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
         rank=rank, world_size=world_size,
     )

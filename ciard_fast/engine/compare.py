@@ -130,6 +130,10 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
                  **{k: v for k, v in options.items() if k in _option_names(name)}}
         run_overrides = dict(given, method=name, out_dir=os.path.join(out_dir, name), test_attacks=tuple(attacks),
                              compare_natural_student=False)
+        if not (cls.needs_robust_teacher or cls.needs_clean_teacher) and "lr" not in fields:
+            # natural/SAT/TRADES rows train with cross-entropy, like the teachers and like the
+            # natural student of `train()`: at teacher_lr, not at the distillation lr.
+            run_overrides["lr"] = base.teacher_lr
         for kind in ("robust", "clean"):
             if getattr(cls, f"needs_{kind}_teacher"):
                 run_overrides[f"{kind}_teacher"] = teachers[kind]
