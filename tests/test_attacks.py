@@ -21,16 +21,6 @@ from ciard_fast.attacks.objectives import cw_objective
 K = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These models are tiny: a second intra-op thread only adds synchronisation, which on a shared
-    # 2-core machine costs 10-50x (measured). Restored for the rest of the session.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _synthetic(n, seed=0, num_classes=K):
     g = torch.Generator().manual_seed(seed)
     means = 0.5 + 0.02 * (torch.randint(0, 2, (num_classes, 3, 16, 16), generator=g).float() * 2 - 1)

@@ -25,15 +25,6 @@ BASELINES = ("ard", "rslad", "iad", "adaad", "mtard", "bmtard", "fair_ard")
 STATEFUL = ("mtard", "bmtard", "fair_ard")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread is ~20x faster than two fighting.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- explicit math (float64), independent of the library -----------------------------------------
 def softmax(z, T=1.0):
     z = z.detach().double() / T

@@ -31,15 +31,6 @@ TEACHER_LR = 0.05   # large, so that a wrong ITT update would show in R's weight
 LR, MOMENTUM, WD = 0.1, 0.9, 2e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread is several times faster than two."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def make_pair():
     """Our CIARD method + its optimiser, and a reference step over deep copies of the same models."""
     student, robust, clean = tiny_convnet(seed=0), tiny_convnet(seed=1), tiny_convnet(seed=2)

@@ -11,15 +11,6 @@ from ciard_fast.cli import main
 from ciard_fast.attacks.cli_eval import parse_eps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny model: a second intra-op thread only adds synchronisation on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
     from ciard_fast.data import load_dataset

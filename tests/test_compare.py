@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from ciard_fast.cli import main
 from ciard_fast.engine.compare import CompareResult, compare, preset_for
@@ -17,14 +16,6 @@ TINY = dict(
     teacher_epochs=1, epochs=1, batch_size=32, attack_steps=2, eval_pgd_steps=2, eval_every=1,
     test_attacks=("clean", "fgsm", "pgd_sat"), test_n=16, progress=False, plot=False, device="cpu",
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def table_rows(table):

@@ -18,16 +18,6 @@ needs_dali = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors and shared CPU cores: torch's 2 intra-op threads only add synchronisation
-    # (10x slower under load); results do not depend on the thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits", split="train_full")

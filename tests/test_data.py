@@ -29,16 +29,6 @@ from ciard_fast.data import tinyimagenet
 from ciard_fast.data.augment import gather_crop_flip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors and shared CPU cores: torch's 2 intra-op threads only add synchronisation
-    # (10x slower under load); results do not depend on the thread count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # --------------------------------------------------------------------------------------------
 # DeviceLoader
 # --------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import ciard_fast
 pytestmark = pytest.mark.slow
 
 
-def test_demo_student_beats_the_natural_student_under_pgd(tmp_path):
+def test_demo_student_beats_the_natural_student_under_pgd(tmp_path, all_threads):
     result = ciard_fast.train(out_dir=str(tmp_path / "demo"), progress=False)
     ciard_row = result.comparison["ciard student (small_cnn)"]
     natural_row = result.comparison["natural student (small_cnn)"]

@@ -20,15 +20,6 @@ EPS = 2 / 255  # a radius where the columns differ on this data (at 8/255 everyt
 QUICK_AA = {"aa": {"attacks_to_run": ["apgd-ce"]}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # Tiny models: a second intra-op thread only adds synchronisation on a shared 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _synthetic(n, seed=0):
     """4 classes whose means differ by ±0.02 per pixel under N(0, 0.08²) noise, quantised to k/255."""
     g = torch.Generator().manual_seed(seed)

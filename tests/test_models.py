@@ -223,16 +223,6 @@ PUBLIC_KEY_COUNTS = {"resnet18": 122, "preact_resnet18": 102, "mobilenet_v2": 34
                      "wrn34_10": 252, "wrn70_16": 407, "resnet56": 344}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_intra_op_thread():
-    # batch-2 forwards are hundreds of tiny ops: on shared cores a 2-thread OpenMP pool spends
-    # most of its time waiting for a descheduled thread (10x slower here), so one thread
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _meta_model(name, num_classes=10, **kw):
     # on the meta device: no memory, no arithmetic; keys, shapes and output shapes are real
     with torch.device("meta"):

@@ -108,7 +108,7 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
-        config, method = self.config, self.method
+        config = self.config
         last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
         for epoch in range(self.state.epoch + 1, last_epoch + 1):
             row = self.train_one_epoch(epoch)
