@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from .. import kernels
 from ..attacks._common import frozen_parameters
 from ..attacks.pgd import NORMAL_START_SIGMA
-from ..schedules import step_lr
 from . import register_method
 from .ard import kl_divergence
 from .base import Method, freeze
@@ -95,9 +94,6 @@ class AdaAD(Method):
         else:
             self.kd_scale = float(opt.kd_scale)
         freeze(self.robust_teacher)
-
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)

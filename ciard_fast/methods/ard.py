@@ -29,7 +29,6 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.pgd import pgd
-from ..schedules import step_lr
 from . import register_method
 from .base import Method, freeze
 
@@ -96,9 +95,6 @@ class ARD(Method):
     @property
     def teacher(self):
         return self.robust_teacher
-
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)

@@ -10,6 +10,8 @@ import dataclasses
 
 import torch
 
+from ..schedules import step_lr
+
 
 RANDOM_STARTS = ("default", "uniform", "normal", "none")
 
@@ -59,6 +61,8 @@ class Method:
 
     name = "base"
     paper_epochs = 300
+    milestones = None        # paper epochs of the ×0.1 lr steps; None: override student_lr
+    state_tensors = ()       # attribute names of device tensors checkpointed as they are
     needs_robust_teacher = False
     needs_clean_teacher = False
 
@@ -89,8 +93,11 @@ class Method:
 
     # ---- schedule -------------------------------------------------------------------------
     def student_lr(self, epoch):
-        """Learning rate of the student's optimiser during `epoch` (counted from 1)."""
-        return self.base_lr
+        """Learning rate of the student's optimiser during `epoch` (counted from 1): base_lr ×0.1
+        at each of `milestones` (scaled from paper_epochs to the run's length), else constant."""
+        if self.milestones is None:
+            return self.base_lr
+        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def start_epoch(self, epoch):
         """Called by the engine before the first step of every epoch (counted from 1)."""
@@ -120,6 +127,7 @@ class Method:
             module = getattr(self, key)
             if module is not None:
                 state[key] = module.state_dict()
+        state.update({key: getattr(self, key).clone() for key in self.state_tensors})
         return state
 
     def load_state_dict(self, state):
@@ -128,6 +136,8 @@ class Method:
             module = getattr(self, key)
             if module is not None and key in state:
                 module.load_state_dict(state[key])
+        for key in self.state_tensors:
+            getattr(self, key).copy_(state[key])
 
     # ---- helpers for subclasses ------------------------------------------------------------
     def global_mean(self, *values):

@@ -80,4 +80,4 @@ class BMTARD(MTARD):
     def log_values(self):
         return {"tau_adv": self.tau_adv, "tau_nat": self.tau_nat, **super().log_values()}
 
-    _STATE = MTARD._STATE + ("tau_adv", "tau_nat", "eta_tau")
+    state_tensors = MTARD.state_tensors + ("tau_adv", "tau_nat", "eta_tau")

@@ -176,20 +176,15 @@ class CIARD(Method):
     def trainable_modules(self):
         return {"robust_teacher": self.robust_teacher} if self.options.itt else {}
 
+    state_tensors = ("tau_adv", "tau_nat", "weights", "initial_losses", "has_initial_losses", "push_lambda")
+
     def state_dict(self):
         state = super().state_dict()
-        state.update(
-            tau_adv=self.tau_adv.clone(), tau_nat=self.tau_nat.clone(), weights=self.weights.clone(),
-            initial_losses=self.initial_losses.clone(), has_initial_losses=self.has_initial_losses.clone(),
-            push_lambda=self.push_lambda.clone(),
-        )
         if self.teacher_optimizer is not None:
             state["teacher_optimizer"] = self.teacher_optimizer.state_dict()
         return state
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
-        for key in ("tau_adv", "tau_nat", "weights", "initial_losses", "has_initial_losses", "push_lambda"):
-            getattr(self, key).copy_(state[key])
         if self.teacher_optimizer is not None and "teacher_optimizer" in state:
             self.teacher_optimizer.load_state_dict(state["teacher_optimizer"])

@@ -132,14 +132,4 @@ class FairARD(ARD):
     def log_values(self):
         return {"class_weight_min": self.class_weights.min(), "class_weight_max": self.class_weights.max()}
 
-    _STATE = ("class_weights", "kappa_sum", "class_count")
-
-    def state_dict(self):
-        state = super().state_dict()
-        state.update({key: getattr(self, key).clone() for key in self._STATE})
-        return state
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        for key in self._STATE:
-            getattr(self, key).copy_(state[key])
+    state_tensors = ("class_weights", "kappa_sum", "class_count")

@@ -29,7 +29,7 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import pgd
-from ..schedules import step_decay_factor, step_lr
+from ..schedules import step_decay_factor
 from . import register_method
 from .base import Method, freeze
 
@@ -72,9 +72,6 @@ class MTARD(Method):
         self.eta_w = self._scalar(opt.eta_w)
 
     # ---- schedules -----------------------------------------------------------------------------
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
-
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
         freeze(self.robust_teacher)
@@ -121,14 +118,4 @@ class MTARD(Method):
     def log_values(self):
         return {"w_adv": self.weights[0], "w_nat": self.weights[1]}
 
-    _STATE = ("weights", "initial_losses", "has_initial_losses", "eta_w")
-
-    def state_dict(self):
-        state = super().state_dict()
-        state.update({key: getattr(self, key).clone() for key in self._STATE})
-        return state
-
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        for key in self._STATE:
-            getattr(self, key).copy_(state[key])
+    state_tensors = ("weights", "initial_losses", "has_initial_losses", "eta_w")

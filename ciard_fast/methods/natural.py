@@ -1,7 +1,6 @@
 """Natural (standard) training: CE(f(x), y). Makes the clean teacher N (BASELINES.md)."""
 import torch.nn.functional as F
 
-from ..schedules import step_lr
 from . import register_method
 from .base import Method
 
@@ -13,9 +12,6 @@ class Natural(Method):
     name = "natural"
     paper_epochs = 200
     milestones = (100, 150)
-
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def training_step(self, x, y):
         loss = F.cross_entropy(self.student(x).float(), y)

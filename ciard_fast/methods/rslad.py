@@ -24,7 +24,6 @@ import torch
 
 from .. import losses
 from ..attacks.pgd import pgd
-from ..schedules import step_lr
 from . import register_method
 from .base import Method, freeze
 
@@ -60,9 +59,6 @@ class RSLAD(Method):
             raise ValueError(f"kd_scale must be > 0 or None (C/10), got {opt.kd_scale!r}")
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
         freeze(self.robust_teacher)
-
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)

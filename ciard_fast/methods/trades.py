@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from ..attacks.pgd import pgd
-from ..schedules import step_lr
 from . import register_method
 from .base import Method
 
@@ -24,9 +23,6 @@ class TRADES(Method):
     @dataclasses.dataclass
     class Options:
         beta: float = 6.0
-
-    def student_lr(self, epoch):
-        return step_lr(epoch, self.epochs, self.paper_epochs, self.milestones, self.base_lr)
 
     def training_step(self, x, y):
         model = self.student
