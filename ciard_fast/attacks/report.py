@@ -2,7 +2,8 @@
 import dataclasses
 import json
 import os
-import tempfile
+
+from ..atomic import write_text_atomic
 
 __all__ = ["EvalReport", "COLUMN_LABELS", "format_eps"]
 
@@ -135,21 +136,8 @@ class EvalReport:
         return cls(**data)
 
     def save_json(self, path):
-        """Write the report as JSON atomically (temp file in the same folder, then os.replace)."""
-        path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".eval-", suffix=".json.tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        """Write the report as JSON atomically (`ciard_fast.atomic`)."""
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod
     def load_json(cls, path):

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 import zipfile
 
+from ..atomic import atomic_write
+
 URLS = {
     "cifar-10-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     "cifar-100-python.tar.gz": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
@@ -54,25 +56,25 @@ def download(url: str, dest: str, md5: str, timeout: float = 60.0) -> str:
     Raises ``ChecksumError`` (and leaves nothing at ``dest``) when the MD5 differs; network errors
     propagate as ``urllib.error.URLError``/``OSError``.
     """
-    folder = os.path.dirname(os.path.abspath(dest))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(dest) + ".", suffix=".part")
+    class _Mismatch(Exception):
+        pass
+
     try:
-        digest = hashlib.md5()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        # The checksum is verified before the temporary file replaces `dest`: a bad download
+        # raises inside the atomic write, which then discards it.
+        with atomic_write(dest) as out, urllib.request.urlopen(url, timeout=timeout) as response:
+            digest = hashlib.md5()
             for chunk in iter(lambda: response.read(_CHUNK), b""):
                 out.write(chunk)
                 digest.update(chunk)
-        got = digest.hexdigest()
-        if got != md5:
-            raise ChecksumError(
-                f"downloaded {url} has MD5 {got}, expected {md5}; it was discarded. The server or a "
-                f"proxy served a different file: retry, or place a verified copy at {dest}."
-            )
-        os.replace(tmp, dest)
-    except BaseException:
-        _remove(tmp)
-        raise
+            got = digest.hexdigest()
+            if got != md5:
+                raise _Mismatch(got)
+    except _Mismatch as mismatch:
+        raise ChecksumError(
+            f"downloaded {url} has MD5 {mismatch}, expected {md5}; it was discarded. The server or a "
+            f"proxy served a different file: retry, or place a verified copy at {dest}."
+        ) from None
     return dest
 
 
@@ -146,22 +148,6 @@ def ensure_extracted(root: str, folder: str, archive_name: str, download_ok: boo
     return extract(archive, root, folder)
 
 
-def atomic_save_npy(path: str, array) -> None:
-    """``np.save`` to ``path`` through a temp file in the same folder + ``os.replace``."""
-    import numpy as np
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-
-
 def _safe_extract_tar(tf: tarfile.TarFile, dest: str) -> None:
     if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.10.12 / 3.9.17
         tf.extractall(dest, filter="data")
@@ -174,9 +160,3 @@ def _safe_extract_tar(tf: tarfile.TarFile, dest: str) -> None:
             raise ValueError(f"refusing to extract unsafe archive member {member.name!r}")
     tf.extractall(dest)
 
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass

@@ -20,7 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .download import atomic_save_npy, ensure_extracted
+from ..atomic import save_npy_atomic
+from .download import ensure_extracted
 
 FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"
@@ -48,8 +49,8 @@ def load(root: str, part: str, download: bool):
     images = _decode_all(paths)
     try:
         # labels first: the images file is written last, so its presence means the pair is complete
-        atomic_save_npy(lab_path, labels)
-        atomic_save_npy(img_path, images)
+        save_npy_atomic(lab_path, labels)
+        save_npy_atomic(img_path, images)
     except OSError as err:  # a read-only dataset folder still works, just without the cache
         warnings.warn(f"could not write the Tiny-ImageNet cache in {cache} ({err}); decoding again next time")
     return images, labels, meta

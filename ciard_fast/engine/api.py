@@ -21,7 +21,8 @@ from ..methods import AttackSettings, get_method
 from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
-from .logs import plot_history, write_text_atomic
+from ..atomic import write_text_atomic
+from .logs import plot_history
 from .precision import autocast, resolve_device, resolve_precision
 from .trainer import Trainer
 

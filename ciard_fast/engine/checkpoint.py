@@ -5,34 +5,20 @@ format/version, config, epoch/step, the student, its optimiser, the method's sta
 their optimisers, τ, w, L⁰ ...), RNG states, the metric history and the best score so far.
 """
 import os
-import tempfile
 
 import torch
 
+from ..atomic import save_torch_atomic
 from ..version import __version__
 
 FORMAT = "ciard-fast-checkpoint"
 
 
 def save_checkpoint(path, state):
-    """Write `state` to `path` through a temporary file in the same folder and `os.replace`, so a
-    crash or a full disk leaves either the old checkpoint or the new one, never half of one."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Write `state` to `path` atomically (`ciard_fast.atomic`): a crash or a full disk leaves
+    either the old checkpoint or the new one, never half of one."""
     payload = dict(state, format=FORMAT, version=__version__)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return save_torch_atomic(payload, path)
 
 
 def load_checkpoint(path, map_location="cpu"):

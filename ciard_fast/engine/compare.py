@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 import time
 import warnings
 
@@ -28,8 +27,8 @@ import torch
 
 from ..config import FIELD_NAMES, build_config, list_presets
 from ..methods import get_method, list_methods
+from ..atomic import save_torch_atomic, write_text_atomic
 from . import checkpoint as ckpt
-from .logs import write_text_atomic
 
 # column key -> header, in the order of EVALUATION.md's table
 COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades": "PGD-TRADES", "cw": "CW∞",
@@ -221,22 +220,8 @@ def _teacher_weights(base, kind, out_dir):
     weights = os.path.join(out_dir, "teachers", f"{kind}.pt")
     state = ckpt.load_checkpoint(cached)["student"]
     if not (os.path.isfile(weights) and os.path.getmtime(weights) >= os.path.getmtime(cached)):
-        _save_atomic(state, weights)
+        save_torch_atomic(state, weights)
     return weights
-
-
-def _save_atomic(obj, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def _run_method(config, reuse, teacher_times):
