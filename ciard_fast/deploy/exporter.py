@@ -176,14 +176,17 @@ def _quiet():
     return ctx
 
 
-def _onnx_bytes(graph, example, metadata):
+def _onnx_bytes(graph, example, metadata, keep_bn):
     import onnx
 
     buffer = io.BytesIO()
     ctx = _quiet()
     try:
         with torch.no_grad():
-            torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET,
+            # TrainingMode.EVAL lets the exporter fuse Conv+BN on its own; PRESERVE (the graph is
+            # in eval mode either way) keeps the BatchNormalization nodes that fold_bn=False asks for
+            mode = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
+            torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, training=mode,
                               input_names=["images"], output_names=["logits"],
                               dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     finally:
@@ -399,7 +402,7 @@ def export(checkpoint, format="onnx", out=None, fold_bn=None, n=256, allow_teach
             graph = deployable(model)
             kept = sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in graph.modules())
         if format == "onnx":
-            data = _onnx_bytes(graph, x[:2], metadata)
+            data = _onnx_bytes(graph, x[:2], metadata, keep_bn=not fold)
             runner, runtime = _onnx_runner(data)
         else:
             data = _torchscript_bytes(graph, metadata)
