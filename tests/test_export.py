@@ -153,6 +153,7 @@ def test_onnx_without_folding_keeps_batchnorm(run, tmp_path):
     assert sum(node.op_type == "BatchNormalization" for node in onnx.load(str(out)).graph.node) == 9
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:DeprecationWarning")
 def test_torchscript_round_trip(run, tmp_path):
     result, _ = run
     out = tmp_path / "student.pt"
@@ -258,16 +259,25 @@ def test_export_card_carries_the_run_accuracies_and_the_verification(run, tmp_pa
 
 
 def test_export_of_other_weights_does_not_borrow_the_run_accuracies(run, tmp_path):
-    # last.pt holds other weights than best.pt's card unless the last epoch was the best
+    # a run folder whose card describes best.pt, and a checkpoint with one weight changed
+    import shutil
+
+    from ciard_fast.engine.checkpoint import save_checkpoint
+
     result, _ = run
-    last, best = load_checkpoint(result.last_checkpoint), load_checkpoint(result.best_checkpoint)
-    exp = ciard_fast.export(result.last_checkpoint, format="safetensors", out=tmp_path / "last.safetensors",
-                            log=None)
-    card = json.loads(open(exp.card_json).read())
-    if weights_digest(last["student"]) == weights_digest(best["student"]):
-        assert card["evaluation"] is not None
-    else:
-        assert card["evaluation"] is None and "no evaluation" in card["evaluation_note"]
+    shutil.copy(os.path.join(result.out_dir, "model_card.json"), tmp_path / "model_card.json")
+    state = load_checkpoint(result.best_checkpoint)
+    state["student"]["fc.bias"] = state["student"]["fc.bias"] + 0.5
+    save_checkpoint(tmp_path / "other.pt", state)
+    shutil.copy(result.best_checkpoint, tmp_path / "best.pt")
+    other = ciard_fast.export(str(tmp_path / "other.pt"), format="safetensors", out=tmp_path / "o.safetensors",
+                              log=None)
+    same = ciard_fast.export(str(tmp_path / "best.pt"), format="safetensors", out=tmp_path / "b.safetensors",
+                             log=None)
+    card_other, card_same = (json.loads(open(e.card_json).read()) for e in (other, same))
+    assert card_other["evaluation"] is None and "no evaluation" in card_other["evaluation_note"]
+    assert card_other["robustbench"]["clean_acc"] is None
+    assert card_same["evaluation"]["accuracy"] == result.metrics
 
 
 # ---- verification failures: an error and no file -----------------------------------------------

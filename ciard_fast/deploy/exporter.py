@@ -23,6 +23,7 @@ A failure raises :class:`ExportVerificationError` and leaves no file at ``out`` 
 written atomically, after the checks). The model card ``<out>.model_card.json`` / ``.md`` is the
 run's card (when it describes the same weights) plus an ``export`` section with these figures.
 """
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -165,32 +166,27 @@ def _metadata(config, model, state, split_image_size):
     }
 
 
+@contextlib.contextmanager
 def _quiet():
-    # TorchScript and the TorchScript-based ONNX exporter are deprecated in recent torch; the
-    # warning says nothing about this file, which is verified below either way.
-    ctx = warnings.catch_warnings()
-    ctx.__enter__()
-    warnings.simplefilter("ignore", DeprecationWarning)
-    warnings.simplefilter("ignore", FutureWarning)
-    warnings.simplefilter("ignore", UserWarning)
-    return ctx
+    # TorchScript and the TorchScript-based ONNX exporter are deprecated in recent torch; their
+    # warnings say nothing about this file, which is verified below either way.
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning, UserWarning):
+            warnings.simplefilter("ignore", category)
+        yield
 
 
 def _onnx_bytes(graph, example, metadata, keep_bn):
     import onnx
 
     buffer = io.BytesIO()
-    ctx = _quiet()
-    try:
-        with torch.no_grad():
-            # TrainingMode.EVAL lets the exporter fuse Conv+BN on its own; PRESERVE (the graph is
-            # in eval mode either way) keeps the BatchNormalization nodes that fold_bn=False asks for
-            mode = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
-            torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, training=mode,
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    finally:
-        ctx.__exit__(None, None, None)
+    with _quiet(), torch.no_grad():
+        # TrainingMode.EVAL lets the exporter fuse Conv+BN on its own; PRESERVE (the graph is in
+        # eval mode either way) keeps the BatchNormalization nodes that fold_bn=False asks for
+        mode = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
+        torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, training=mode,
+                          input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
     proto = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(proto)
     proto.doc_string = (f"ciard-fast {__version__} student {metadata['model']}: float32 NCHW images in [0, 1] -> "
@@ -214,22 +210,16 @@ def _onnx_runner(data):
 
 
 def _torchscript_bytes(graph, metadata):
-    ctx = _quiet()
-    try:
+    buffer = io.BytesIO()
+    with _quiet():
         scripted = torch.jit.script(graph)
-        buffer = io.BytesIO()
         torch.jit.save(scripted, buffer, _extra_files={"ciard_fast.json": json.dumps(metadata, indent=2)})
-    finally:
-        ctx.__exit__(None, None, None)
     return buffer.getvalue()
 
 
 def _torchscript_runner(data):
-    ctx = _quiet()
-    try:
+    with _quiet():
         module = torch.jit.load(io.BytesIO(data), map_location="cpu").eval()
-    finally:
-        ctx.__exit__(None, None, None)
 
     def run(x):
         with torch.no_grad():

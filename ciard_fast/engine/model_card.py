@@ -138,7 +138,8 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
     Args:
         config: the run's ``TrainConfig``.
         model: the student ``nn.Module`` (any DDP/compile wrapper is looked through); only read.
-        split_sizes: ``{"train": int, "val": int or None, "test": int}`` images per split.
+        split_sizes: ``{"train": int, "val": int or None, "test": int}`` images per split, and
+            optionally ``"image_size": (H, W)`` (the input shape the card states).
         metrics: the final test accuracies (%) by attack column, exactly as written to
             ``results.json`` (``TrainResult.metrics``), or ``None``/``{}`` when not evaluated.
         checkpoint: path of the checkpoint whose weights ``metrics`` were measured on.
