@@ -25,6 +25,7 @@ run's card (when it describes the same weights) plus an ``export`` section with 
 """
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import io
 import json
@@ -445,6 +446,8 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
         "bn_folded": result.bn_folded, "bn_kept": result.bn_kept,
         "opset": ONNX_OPSET if result.format == "onnx" else None,
         "verification": result.verification,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "software": {"ciard_fast": __version__, "torch": torch.__version__},
     }
     return write_model_card(card, result.path + ".model_card.json", result.path + ".model_card.md")
 

@@ -283,7 +283,7 @@ def render_markdown(card):
     if ex:
         v = ex["verification"]
         lines += ["## Export", "", f"- format: {ex['format']}, file `{ex['file']}` ({ex['bytes']:,} bytes, sha256 "
-                  f"`{ex['sha256'][:16]}…`)",
+                  f"`{ex['sha256'][:16]}…`), exported {ex.get('created', '?')}",
                   f"- BatchNorm folded into convolutions: {ex['fold_bn']} ({ex['bn_folded']} folded, "
                   f"{ex['bn_kept']} kept)",
                   f"- verified with {v['runtime']} on {v['n']} {v['split']} images: max |Δlogit| clean "
