@@ -63,6 +63,7 @@ setup(
         "ciard_fast.attacks",
         "ciard_fast.methods",
         "ciard_fast.engine",
+        "ciard_fast.deploy",
         "ciard_fast.kernels",
         "ciard_fast.kernels.native",
     ],
@@ -82,7 +83,8 @@ setup(
         "dali": ["nvidia-dali-cuda130"],
         "autoattack": ["pyautoattack==0.2.0"],
         "plot": ["matplotlib"],
-        "dev": ["pytest", "matplotlib", "pyautoattack==0.2.0"],
+        "export": ["onnx", "onnxruntime", "safetensors"],
+        "dev": ["pytest", "matplotlib", "pyautoattack==0.2.0", "onnx", "onnxruntime", "safetensors"],
     },
     entry_points={"console_scripts": ["ciard-fast=ciard_fast.cli:main"]},
     classifiers=[

@@ -23,6 +23,7 @@ from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
 from ..atomic import write_text_atomic
 from .logs import plot_history
+from .model_card import write_run_card
 from .precision import autocast, resolve_device, resolve_precision
 from .trainer import Trainer
 
@@ -151,6 +152,8 @@ def _run(config, state=None, progress_prefix=""):
         result.table = _markdown_table(rows, config)
         _write_results(out_dir, result)
         print(result.table)
+    if finished and dist.is_main:
+        write_run_card(result, student, splits)  # model_card.json/.md: the run's card (engine/model_card.py)
     if config.plot and run_state.history and dist.is_main:
         plot_history(out_dir, run_state.history)
     dist.barrier()

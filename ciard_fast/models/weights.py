@@ -27,7 +27,8 @@ def load_weights(model, path_or_state_dict, strict=True):
         model: the ``nn.Module`` to fill (a ``DataParallel``/DDP/``torch.compile`` wrapper is
             looked through).
         path_or_state_dict: a file path (read with ``torch.load(weights_only=True,
-            map_location="cpu")``) or a state_dict / checkpoint mapping. Wrappers
+            map_location="cpu")``; a ``.safetensors`` file with ``safetensors.torch.load_file``)
+            or a state_dict / checkpoint mapping. Wrappers
             ``{"state_dict"|"model"|"net"|"model_state_dict"|"student": ...}`` are unwrapped (nested too)
             and ``module.`` / ``_orig_mod.`` key prefixes are stripped.
         strict: as in ``nn.Module.load_state_dict``; with ``strict=False`` missing and
@@ -76,6 +77,8 @@ def _read(source):
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no checkpoint file at {path!r}")
+    if path.endswith(".safetensors"):
+        return _read_safetensors(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # an arbitrary pickle (argparse Namespace, numpy objects, ...)
@@ -85,6 +88,20 @@ def _read(source):
             "If you trust the file, load it yourself with torch.load(path, weights_only=False) "
             "and pass the state_dict to load_weights."
         ) from e
+
+
+def _read_safetensors(path):
+    # e.g. a student written by `ciard-fast export --format safetensors` (its metadata names the
+    # model to build: ciard_fast.deploy.load_safetensors_student does both steps)
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise ImportError(f"reading {path!r} needs the safetensors package: pip install safetensors") from None
+    try:
+        return load_file(path, device="cpu")
+    except Exception as e:  # a truncated header, not a safetensors file at all
+        raise ValueError(f"could not read {path!r} as a safetensors file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from e
 
 
 def _unwrap_checkpoint(state):
