@@ -200,3 +200,25 @@ def test_no_module_imports_private_names():
                     offenders.append(f"{path.relative_to(root)}: from {'.' * node.level}{node.module or ''} "
                                      f"import {', '.join(private)}")
     assert not offenders, offenders
+
+
+def test_teacher_cli_uses_the_same_recipe_and_reuses_a_finished_run(tmp_path, capsys):
+    from ciard_fast.cli import main
+    from ciard_fast.engine.checkpoint import load_checkpoint
+
+    out = tmp_path / "teacher"
+    argv = ["teacher", "--method", "trades", "--model", "small_cnn", "--dataset", "synthetic",
+            "--dataset_args", "{num_samples: 64, num_test: 16, image_size: 8}", "--val_size", "16",
+            "--student_args.width", "4", "--epochs", "1", "--batch_size", "32", "--attack_steps", "1",
+            "--eval_pgd_steps", "1", "--test_attacks", "clean", "--optimizer", "sgd", "--beta", "3.0",
+            "--progress", "false", "--plot", "false", "--device", "cpu", "--out-dir", str(out)]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "| trades student (small_cnn) |" in first and f"teacher checkpoint: {out / 'best.pt'}" in first
+    saved = load_checkpoint(out / "last.pt")["config"]
+    assert saved["method_args"] == {"beta": 3.0} and saved["optimizer"] == "sgd"
+    stamp = os.path.getmtime(out / "last.pt")
+    assert main(argv) == 0
+    again = capsys.readouterr()
+    assert os.path.getmtime(out / "last.pt") == stamp  # not trained again
+    assert "reusing the finished teacher run" in again.err and "| trades student (small_cnn) |" in again.out
