@@ -23,8 +23,6 @@ import sys
 import time
 import warnings
 
-import torch
-
 from ..config import FIELD_NAMES, build_config, list_presets
 from ..methods import get_method, list_methods
 from ..atomic import save_torch_atomic, write_text_atomic
