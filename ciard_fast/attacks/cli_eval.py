@@ -159,7 +159,9 @@ def run(args):
         dataset_args = config.get("dataset_args") or {} if dataset_name == config.get("dataset") else {}
         dataset = load_dataset(dataset_name, root=root, split=args.split, **dataset_args)
         num_classes = args.num_classes or dataset.num_classes
-        source = dataset if normalize_from == "--normalize" else _statistics_source(config, dataset, dataset_name, root)
+        # True means the statistics of the dataset the weights were trained on: the run's own
+        source = (_statistics_source(config, dataset, dataset_name, root)
+                  if normalize is True and normalize_from == "checkpoint config" else dataset)
         stats = resolve_normalization(normalize, source)
         model = create_model(model_name, num_classes=num_classes, normalize=stats, **model_args)
         load_weights(model, state)
