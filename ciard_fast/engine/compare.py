@@ -27,7 +27,8 @@ from ..config import FIELD_NAMES, build_config, list_presets
 from ..methods import get_method, list_methods
 from ..atomic import save_torch_atomic, write_text_atomic
 from . import checkpoint as ckpt
-from .teachers import TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, teacher_spec
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
+                       teacher_spec)
 
 # column key -> header, in the order of EVALUATION.md's table
 COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades": "PGD-TRADES", "cw": "CW∞",
@@ -117,7 +118,7 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
                          "(pip install pyautoattack)")
             warnings.warn(notes[-1], stacklevel=2)
 
-    needed = {name: _needed_teachers(name) for name in names}
+    needed = {name: needed_teachers(name) for name in names}
     teachers = {kind: _teacher_weights(base, kind, out_dir) for kind in TEACHER_KINDS
                 if any(kind in kinds for kinds in needed.values())}
 
@@ -183,12 +184,6 @@ def method_config(base, name, method_preset, preset, config_file, fields, option
     changes.update({TEACHER_FIELDS[kind]["weights"]: path for kind, path in teachers.items()})
     assert set(changes) <= set(METHOD_RUN_OVERRIDES), sorted(set(changes) - set(METHOD_RUN_OVERRIDES))
     return parent.replace(**changes, **options)  # method_args: the parent's, updated with `options`
-
-
-def _needed_teachers(method):
-    cls = get_method(method)
-    return tuple(kind for kind, needed in (("robust", cls.needs_robust_teacher), ("clean", cls.needs_clean_teacher))
-                 if needed)
 
 
 def _option_names(method):

@@ -113,13 +113,18 @@ def teacher_spec(config, kind):
                        epochs=config.teacher_epochs, lr=config.teacher_lr)
 
 
-def teacher_specs(config):
-    """{kind: TeacherSpec} of the teachers `config.method` needs (none for the teacher methods)."""
+def needed_teachers(method):
+    """The kinds of teacher ("robust", "clean") the method named `method` needs, in that order."""
     from ..methods import get_method
 
-    cls = get_method(config.method)
+    cls = get_method(method)
     needs = {"robust": cls.needs_robust_teacher, "clean": cls.needs_clean_teacher}
-    return {kind: teacher_spec(config, kind) for kind in TEACHER_KINDS if needs[kind]}
+    return tuple(kind for kind in TEACHER_KINDS if needs[kind])
+
+
+def teacher_specs(config):
+    """{kind: TeacherSpec} of the teachers `config.method` needs (none for the teacher methods)."""
+    return {kind: teacher_spec(config, kind) for kind in needed_teachers(config.method)}
 
 
 def teacher_run_config(spec, base_config, out_dir=None, tested=False):
@@ -180,4 +185,4 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "ensure_teacher", "ensure_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
+           "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
