@@ -158,11 +158,21 @@ def test_train_resolves_teachers_first_and_never_reenters_the_run(tmp_path, monk
             depth[0] -= 1
 
     monkeypatch.setattr(api, "_run", spy)
-    result = ciard_fast.train(build_config(overrides={**TINY, "out_dir": str(tmp_path / "run")}))
-    assert runs == ["trades", "natural", "ciard"] and deepest[0] == 1
+    config = build_config(overrides={**TINY, "out_dir": str(tmp_path / "run"), "compare_natural_student": True})
+    result = ciard_fast.train(config)
+    # robust teacher (TRADES), clean teacher, natural comparison student, then the CIARD student
+    assert runs == ["trades", "natural", "natural", "ciard"] and deepest[0] == 1
     teachers = tmp_path / "run" / "teachers"
     assert result.teachers == {"robust": str(teachers / "robust" / "last.pt"),
                                "clean": str(teachers / "clean" / "last.pt")}
+    assert set(result.comparison) == {"ciard student (small_cnn)", "natural student (small_cnn)"}
+    # run again: the teachers and the natural student are finished runs, only the student trains
+    natural = tmp_path / "run" / "natural_student" / "last.pt"
+    stamp = os.path.getmtime(natural)
+    runs.clear()
+    again = ciard_fast.train(config)
+    assert runs == ["ciard"] and os.path.getmtime(natural) == stamp
+    assert again.comparison == result.comparison  # and the same numbers, whether cached or not
 
 
 # ---- other derived configs --------------------------------------------------------------------------

@@ -90,17 +90,21 @@ def train(config=None, *, progress_prefix="", **overrides):
     With `resume=PATH` the run continues exactly from that checkpoint: its saved config is reused,
     and whatever is given here must agree with it on the method, data, models, batch and seed.
     Teachers the method needs are resolved first (`ensure_teachers`: the given files, cached
-    finished teacher runs, or teacher runs trained now); a resumed run restores its own.
-    `progress_prefix` starts every progress line (e.g. "[robust teacher] ").
+    finished teacher runs, or teacher runs trained now); a resumed run restores its own. So is
+    the natural comparison student (`compare_natural_student`): every run is started here, none
+    inside another. `progress_prefix` starts every progress line (e.g. "[robust teacher] ").
     """
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
         config = make_config(config, **overrides)
-        return _run(config, ensure_teachers(config), progress_prefix=progress_prefix)
+        teacher_paths = ensure_teachers(config)
+        _ensure_natural_student(config)
+        return _run(config, teacher_paths, progress_prefix=progress_prefix)
     given = make_config(config, **overrides).to_dict() if config is not None else dict(overrides)
     config, state = _config_for_resume(resume, given)
     # the teachers' weights come with the method state of the checkpoint
     restored = {kind: spec.weights or "(restored from checkpoint)" for kind, spec in teacher_specs(config).items()}
+    _ensure_natural_student(config)
     return _run(config, restored, state, progress_prefix=progress_prefix)
 
 
@@ -200,12 +204,22 @@ def natural_student_config(config):
                          out_dir=os.path.join(config.resolved_out_dir(), "natural_student"))
 
 
+def _ensure_natural_student(config):
+    """Train the natural comparison student's run unless it already finished with the same config:
+    before the student's own run (which reseeds, so its results do not depend on this), on every
+    rank, and only when the student's run will reach its test table."""
+    stops_early = config.stop_after is not None and config.stop_after < config.epochs
+    if not (config.compare_natural_student and config.test_attacks) or stops_early:
+        return
+    sub = natural_student_config(config)
+    if not ckpt.is_finished_run(os.path.join(sub.resolved_out_dir(), "last.pt"), sub):
+        _run(sub, {}, progress_prefix="[natural student] ")  # the natural method needs no teachers
+
+
 def _natural_student(config, splits, device):
-    """Train the same architecture naturally (the demo's point of comparison) and test it."""
+    """Test the natural student trained by `_ensure_natural_student` (the demo's point of comparison)."""
     sub = natural_student_config(config)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
-    if not ckpt.is_finished_run(cached, sub):
-        _run(sub, {}, progress_prefix="[natural student] ")  # the natural method needs no teachers
     model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub, sub.student_args)
     best = os.path.join(sub.resolved_out_dir(), "best.pt")
     return _test_metrics(config, model, best if os.path.isfile(best) else cached, splits["test"], device)
