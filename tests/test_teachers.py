@@ -118,8 +118,17 @@ def test_unknown_teacher_method_option_is_rejected():
 # ---- ensure_teacher -------------------------------------------------------------------------------
 def test_ensure_teacher_returns_a_given_file_without_training(tmp_path, monkeypatch):
     monkeypatch.setattr(api, "train", lambda *a, **k: pytest.fail("nothing to train"))
-    base = base_config(out_dir=str(tmp_path / "run"), robust_teacher="given.pt")
-    assert ensure_teacher(teacher_spec(base, "robust"), base) == "given.pt"
+    given = tmp_path / "given.pt"
+    given.write_bytes(b"weights")
+    base = base_config(out_dir=str(tmp_path / "run"), robust_teacher=str(given))
+    assert ensure_teacher(teacher_spec(base, "robust"), base) == str(given)
+    assert not (tmp_path / "run").exists()
+    # a missing file is named, with the fix, before anything is trained
+    monkeypatch.undo()
+    monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("nothing to run"))
+    base = base_config(out_dir=str(tmp_path / "run"), robust_teacher=str(tmp_path / "missing.pt"))
+    with pytest.raises(FileNotFoundError, match="robust_teacher=.*missing.pt.*no such file.*leave robust_teacher unset"):
+        api.train(base)
     assert not (tmp_path / "run").exists()
 
 

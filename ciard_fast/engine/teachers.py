@@ -156,6 +156,10 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True):
     prints its test table. Returns the path; load it with `ciard_fast.models.load_weights`.
     """
     if spec.weights:
+        if not os.path.isfile(spec.weights):
+            field = TEACHER_FIELDS[spec.kind]["weights"]
+            raise FileNotFoundError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's "
+                                    f"weights file, or leave {field} unset to train the teacher first")
         return spec.weights
     from .api import train  # the engine's public entry point (api imports this module)
 
