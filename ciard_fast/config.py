@@ -178,6 +178,20 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
     return config
 
 
+def derive_config(parent, declared, **changes):
+    """A config derived from `parent` with `dataclasses.replace`: every field not in `changes` is
+    inherited, so a field added to TrainConfig later reaches derived runs (teachers, compare's
+    methods, the natural student) by default. `declared`: the caller's named list of the fields
+    it may change; a change outside it is a programming error (the lists are what tests audit).
+    `method_args` is replaced as given, not merged. The result is validated."""
+    stray = sorted(set(changes) - set(declared))
+    if stray:
+        raise ValueError(f"derive_config: {stray} are not in the declared list of changed fields {tuple(declared)}")
+    config = dataclasses.replace(parent, **changes)
+    validate_config(config)
+    return config
+
+
 def validate_config(config):
     """Range checks with the offending value and the fix."""
     def need(condition, message):

@@ -636,10 +636,11 @@ def test_forward_equals_the_public_forward(name):
 # normalisation
 # --------------------------------------------------------------------------------------------
 def test_dataset_stats():
-    assert DATASET_STATS["cifar10"] == ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+    assert DATASET_STATS["cifar10"] == ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
     assert DATASET_STATS["cifar100"] == ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
-    assert DATASET_STATS["tinyimagenet"] == ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262))
+    assert DATASET_STATS["tinyimagenet"] == ((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821))
     assert DATASET_STATS["cifar10_legacy"][1] == (0.2023, 0.1994, 0.2010)
+    assert DATASET_STATS["tinyimagenet_legacy"][1] == (0.2302, 0.2265, 0.2262)
 
 
 NORMALIZE_CASES = ["cifar10", "tinyimagenet", ((0.2, 0.4, 0.6), (0.3, 0.5, 0.7))]

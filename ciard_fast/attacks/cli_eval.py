@@ -7,8 +7,11 @@
 
 The weights file may be a plain state dict, any checkpoint ``ciard_fast.models.load_weights``
 understands (``{"state_dict"|"model"|"net": ...}``, ``module.`` prefixes), or a checkpoint of our
-trainer: ``{"student": state_dict, "config": {...}, ...}``. In the last case the model name, the
-dataset and whether the model normalises its input default to the training run's config.
+trainer: ``{"student": state_dict, "config": {...}, ...}``. In the last case the model name and
+the dataset default to the training run's config, and the model normalises its input exactly as
+that run's did: its ``student_normalize`` (True, False, a ``DATASET_STATS`` name such as
+``cifar10_legacy``, or a (mean, std) pair), resolved by
+``ciard_fast.models.normalization.resolve_normalization`` against the run's dataset.
 """
 import argparse
 import os
@@ -20,7 +23,7 @@ import torch
 from .checks import EvaluationCheckError
 from .evaluate import ATTACKS
 
-__all__ = ["add_arguments", "run", "parse_eps", "read_checkpoint"]
+__all__ = ["add_arguments", "run", "parse_eps", "read_checkpoint", "describe_normalization"]
 
 
 def parse_eps(text):
@@ -60,9 +63,10 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=_positive_int, default=256)
     parser.add_argument("--num-classes", type=_positive_int, default=None,
                         help="model output classes (default: the dataset's)")
-    parser.add_argument("--normalize", choices=("dataset", "none"), default=None,
+    parser.add_argument("--normalize", default=None, metavar="{dataset,none,NAME}",
                         help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "
-                             "input (default: the checkpoint config's setting, else none)")
+                             "input; or a name of published statistics (e.g. cifar10_legacy; see "
+                             "ciard_fast.models.DATASET_STATS). Default: the checkpoint config's setting, else none")
     parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and AutoAttack")
@@ -95,9 +99,43 @@ def read_checkpoint(path):
     return state, config
 
 
+def _normalize_arg(text):
+    """--normalize text -> a resolve_normalization value: dataset -> True, none -> False, else a name."""
+    lowered = text.strip().lower()
+    return {"dataset": True, "none": False}.get(lowered, text.strip())
+
+
+def describe_normalization(value):
+    """How a normalisation value is printed: dataset, none, a DATASET_STATS name, or the pair."""
+    if value is True:
+        return "dataset"
+    if value is None or value is False:
+        return "none"
+    if isinstance(value, str):
+        return value
+    mean, std = value
+    return f"mean={tuple(mean)} std={tuple(std)}"
+
+
+def _statistics_source(config, dataset, dataset_name, root):
+    """What normalize=True of the checkpoint's run refers to: the run's own (training) dataset.
+    The loaded dataset when it is that one (its mean/std are the training images' whatever the
+    split), else the run's dataset by name, or loaded when the table has no entry for it."""
+    from ..data import load_dataset
+    from ..models import DATASET_STATS
+
+    run_dataset = config.get("dataset")
+    if run_dataset is None or run_dataset == dataset_name:
+        return dataset
+    if run_dataset in DATASET_STATS:
+        return run_dataset
+    return load_dataset(run_dataset, root=root, split="train_full", **(config.get("dataset_args") or {}))
+
+
 def run(args):
     from ..data import load_dataset
     from ..models import create_model, load_weights
+    from ..models.normalization import resolve_normalization
     from .evaluate import evaluate
 
     try:
@@ -109,9 +147,9 @@ def run(args):
             missing = " and ".join(f"--{k}" for k, v in (("model", model_name), ("dataset", dataset_name)) if v is None)
             raise ValueError(f"{missing} required: {args.weights!r} has no training config naming them")
         if args.normalize is not None:
-            normalize, normalize_from = args.normalize == "dataset", "--normalize"
+            normalize, normalize_from = _normalize_arg(args.normalize), "--normalize"
         elif "student_normalize" in config:
-            normalize, normalize_from = bool(config["student_normalize"]), "checkpoint config"
+            normalize, normalize_from = config["student_normalize"], "checkpoint config"
         else:
             normalize, normalize_from = False, "default"
         root = args.root if args.root is not None else config.get("data_root")
@@ -121,14 +159,16 @@ def run(args):
         dataset_args = config.get("dataset_args") or {} if dataset_name == config.get("dataset") else {}
         dataset = load_dataset(dataset_name, root=root, split=args.split, **dataset_args)
         num_classes = args.num_classes or dataset.num_classes
-        model = create_model(model_name, num_classes=num_classes,
-                             normalize=(tuple(dataset.mean), tuple(dataset.std)) if normalize else None,
-                             **model_args)
+        # True means the statistics of the dataset the weights were trained on: the run's own
+        source = (_statistics_source(config, dataset, dataset_name, root)
+                  if normalize is True and normalize_from == "checkpoint config" else dataset)
+        stats = resolve_normalization(normalize, source)
+        model = create_model(model_name, num_classes=num_classes, normalize=stats, **model_args)
         load_weights(model, state)
         device = torch.device(args.device) if args.device else \
             torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = model.to(device).eval()
-        print(f"model {model_name} ({num_classes} classes, normalize={'dataset' if normalize else 'none'} "
+        print(f"model {model_name} ({num_classes} classes, normalize={describe_normalization(normalize)} "
               f"[{normalize_from}]), weights {args.weights}, dataset {dataset_name}/{args.split} "
               f"({len(dataset.labels)} images)")
         report = evaluate(model, dataset, attacks=args.attacks, eps=args.eps, batch_size=args.batch_size, n=args.n,

@@ -10,9 +10,11 @@ import pickle
 
 import numpy as np
 
+from ..models.normalization import DATASET_STATS
 from .download import ensure_extracted
 
-# Per-channel statistics of the 50,000 training images (population std over all their pixels).
+# mean/std: per-channel statistics of the 50,000 training images, from the package's one table
+# (ciard_fast.models.normalization.DATASET_STATS, which states how they were computed).
 _VARIANTS = {
     "cifar10": dict(
         title="CIFAR-10",
@@ -21,8 +23,7 @@ _VARIANTS = {
         files={"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]},
         label_key=b"labels",
         num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
+        stats="cifar10",
     ),
     "cifar100": dict(
         title="CIFAR-100",
@@ -31,8 +32,7 @@ _VARIANTS = {
         files={"train": ["train"], "test": ["test"]},
         label_key=b"fine_labels",
         num_classes=100,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
+        stats="cifar100",
     ),
 }
 
@@ -61,7 +61,8 @@ def load(variant: str, root: str, part: str, download: bool):
         # rows are R..G..B planes of 32x32 -> [N, 3, 32, 32] -> NHWC
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
-    meta = dict(num_classes=spec["num_classes"], mean=spec["mean"], std=spec["std"])
+    mean, std = DATASET_STATS[spec["stats"]]
+    meta = dict(num_classes=spec["num_classes"], mean=mean, std=std)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), meta
 
 

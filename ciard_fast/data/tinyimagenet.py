@@ -21,13 +21,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from ..atomic import save_npy_atomic
+from ..models.normalization import DATASET_STATS
 from .download import ensure_extracted
 
 FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"
 CACHE_DIR = "ciard_fast_cache_v1"
-MEAN = (0.4802, 0.4481, 0.3975)
-STD = (0.2770, 0.2691, 0.2821)
 _IMAGE_EXTS = (".jpeg", ".jpg", ".png")
 
 
@@ -35,7 +34,8 @@ def load(root: str, part: str, download: bool):
     """Load ``part`` (``"train"`` or ``"test"`` = official val) as (uint8 [N, H, W, 3], int64 [N], meta)."""
     folder = ensure_extracted(root, FOLDER, ARCHIVE, download, "Tiny-ImageNet-200")
     wnids = read_wnids(folder)
-    meta = dict(num_classes=len(wnids), mean=MEAN, std=STD)
+    mean, std = DATASET_STATS["tinyimagenet"]  # the package's one table of statistics
+    meta = dict(num_classes=len(wnids), mean=mean, std=std)
     cache = os.path.join(folder, CACHE_DIR)
     img_path = os.path.join(cache, f"{part}_images.npy")
     lab_path = os.path.join(cache, f"{part}_labels.npy")

@@ -7,7 +7,8 @@
 
 Teachers a method needs but the config does not point to are trained first with the same engine
 (natural for the clean teacher, TRADES by default for the robust one) and cached under
-`<out_dir>/teachers/`, so the whole pipeline runs from scratch, offline.
+`<out_dir>/teachers/` (`ciard_fast.engine.teachers`), so the whole pipeline runs from scratch,
+offline.
 """
 import dataclasses
 import json
@@ -16,8 +17,9 @@ from typing import Optional
 
 import torch
 
-from ..config import TrainConfig, build_config
+from ..config import TrainConfig, build_config, derive_config
 from ..methods import AttackSettings, get_method
+from ..models import load_weights
 from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
@@ -25,7 +27,12 @@ from ..atomic import write_text_atomic
 from .logs import plot_history
 from .model_card import write_run_card
 from .precision import autocast, resolve_device, resolve_precision
+from .teachers import ensure_teachers, teacher_specs
 from .trainer import Trainer
+
+# The fields the natural comparison student's run changes; it inherits every other one.
+NATURAL_STUDENT_OVERRIDES = ("method", "method_args", "lr", "compare_natural_student", "plot", "out_dir",
+                             "test_attacks", "resume", "stop_after")
 
 
 @dataclasses.dataclass
@@ -76,23 +83,35 @@ def _config_for_resume(path, overrides):
     return merged, state
 
 
-def train(config=None, **overrides):
+def train(config=None, *, progress_prefix="", **overrides):
     """Train a student (or a teacher, with method natural/sat/trades) and return a TrainResult.
 
     `config` is None (the `demo` preset), a preset name, a YAML file, a dict or a TrainConfig;
     keyword overrides win over it (TrainConfig fields or the method's options, e.g. T_push=3).
     With `resume=PATH` the run continues exactly from that checkpoint: its saved config is reused,
     and whatever is given here must agree with it on the method, data, models, batch and seed.
+    Teachers the method needs are resolved first (`ensure_teachers`: the given files, cached
+    finished teacher runs, or teacher runs trained now); a resumed run restores its own. So is
+    the natural comparison student (`compare_natural_student`): every run is started here, none
+    inside another. `progress_prefix` starts every progress line (e.g. "[robust teacher] ").
     """
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
-        return _run(make_config(config, **overrides))
+        config = make_config(config, **overrides)
+        teacher_paths = ensure_teachers(config)
+        _ensure_natural_student(config)
+        return _run(config, teacher_paths, progress_prefix=progress_prefix)
     given = make_config(config, **overrides).to_dict() if config is not None else dict(overrides)
     config, state = _config_for_resume(resume, given)
-    return _run(config, state)
+    # the teachers' weights come with the method state of the checkpoint
+    restored = {kind: spec.weights or "(restored from checkpoint)" for kind, spec in teacher_specs(config).items()}
+    _ensure_natural_student(config)
+    return _run(config, restored, state, progress_prefix=progress_prefix)
 
 
-def _run(config, state=None, progress_prefix=""):
+def _run(config, teacher_paths, state=None, progress_prefix=""):
+    """Execute one run whose teachers are already resolved: `teacher_paths` maps each teacher
+    the method needs ("robust"/"clean") to its weights file (unused when resuming from `state`)."""
     dist = get_context(config.device)
     device = resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
@@ -108,11 +127,12 @@ def _run(config, state=None, progress_prefix=""):
     splits = load_splits(config)
     num_classes = splits["train"].num_classes
 
-    teachers, teacher_paths = {}, {}
-    if method_cls.needs_robust_teacher:
-        teachers["robust_teacher"], teacher_paths["robust"] = _teacher(config, "robust", splits, device, state)
-    if method_cls.needs_clean_teacher:
-        teachers["clean_teacher"], teacher_paths["clean"] = _teacher(config, "clean", splits, device, state)
+    teachers = {}
+    for kind, spec in teacher_specs(config).items():
+        model = build_model(spec.model, splits["train"], spec.normalize, device, config, spec.model_args)
+        if state is None:
+            load_weights(model, teacher_paths[kind])
+        teachers[spec.method_keyword] = model
 
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
@@ -176,77 +196,36 @@ def _distribute_method(method, dist, device, config):
         setattr(method, name, wrapped)
 
 
-# ---- teachers ----------------------------------------------------------------------------------
-def _teacher(config, kind, splits, device, state):
-    """(model, path) of the robust or clean teacher: loaded from the config's path, restored from
-    a resumed checkpoint, or trained first and cached under <out_dir>/teachers/<kind>/."""
-    from ..models import load_weights
-
-    model_name = getattr(config, f"{kind}_teacher_model")
-    normalize = getattr(config, f"{kind}_teacher_normalize")
-    model = build_model(model_name, splits["train"], normalize, device, config,
-                        getattr(config, f"{kind}_teacher_args"))
-    path = getattr(config, f"{kind}_teacher")
-    if state is not None:
-        return model, path or "(restored from checkpoint)"  # weights come with the method state
-    if path:
-        load_weights(model, path)
-        return model, path
-    sub = _teacher_config(config, kind)
-    cached = os.path.join(sub.resolved_out_dir(), "last.pt")
-    if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ")
-    load_weights(model, ckpt.load_checkpoint(cached)["student"])
-    return model, cached
+def natural_student_config(config):
+    """The run of the natural comparison student: `config` with `NATURAL_STUDENT_OVERRIDES`
+    changed, everything else (data, architecture, optimiser, attack, precision ...) inherited."""
+    # Trained like the clean teacher (cross-entropy at teacher_lr): `lr` is tuned for the
+    # distillation losses, whose elementwise-mean KL is C times smaller than a CE. Tested below
+    # with the parent's attacks, not by its own run.
+    return derive_config(config, NATURAL_STUDENT_OVERRIDES, method="natural", method_args={}, lr=config.teacher_lr,
+                         compare_natural_student=False, plot=False, test_attacks=(), resume=None, stop_after=None,
+                         out_dir=os.path.join(config.resolved_out_dir(), "natural_student"))
 
 
-def _teacher_config(config, kind):
-    method = config.robust_teacher_method if kind == "robust" else "natural"
-    return build_config(overrides=dict(
-        method=method, dataset=config.dataset, dataset_args=config.dataset_args, data_root=config.data_root,
-        val_size=config.val_size, loader=config.loader, crop_padding=config.crop_padding, flip=config.flip,
-        student=getattr(config, f"{kind}_teacher_model"),
-        student_args=getattr(config, f"{kind}_teacher_args"),
-        student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
-        lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
-        weight_decay=config.weight_decay, eps=config.eps, alpha=config.alpha, attack_steps=config.attack_steps,
-        attack_random_start=config.attack_random_start,
-        eval_every=config.teacher_epochs, eval_pgd_steps=config.eval_pgd_steps, eval_n=config.eval_n,
-        test_attacks=(), out_dir=os.path.join(config.resolved_out_dir(), "teachers", kind), seed=config.seed,
-        device=config.device, progress=config.progress, log_every=config.log_every, plot=False,
-        precision=config.precision, channels_last=config.channels_last, cuda_graphs=config.cuda_graphs,
-        compile=config.compile,
-    ))
-
-
-def _is_finished(path, config):
-    """A cached teacher is reused only if its run finished with the very same config."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        state = ckpt.load_checkpoint(path)
-    except ValueError:
-        return False
-    saved = dict(state["config"])
-    wanted = config.to_dict()
-    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items() if k != "progress")
+def _ensure_natural_student(config):
+    """Train the natural comparison student's run unless it already finished with the same config:
+    before the student's own run (which reseeds, so its results do not depend on this), on every
+    rank, and only when the student's run will reach its test table."""
+    stops_early = config.stop_after is not None and config.stop_after < config.epochs
+    if not (config.compare_natural_student and config.test_attacks) or stops_early:
+        return
+    sub = natural_student_config(config)
+    if not ckpt.is_finished_run(os.path.join(sub.resolved_out_dir(), "last.pt"), sub):
+        _run(sub, {}, progress_prefix="[natural student] ")  # the natural method needs no teachers
 
 
 def _natural_student(config, splits, device):
-    """Train the same architecture naturally (the demo's point of comparison) and test it."""
-    sub = build_config(overrides={
-        **{k: v for k, v in config.to_dict().items() if k not in ("method_args", "resume", "stop_after")},
-        # Trained like the clean teacher (cross-entropy at teacher_lr): `lr` is tuned for the
-        # distillation losses, whose elementwise-mean KL is C times smaller than a CE.
-        "method": "natural", "lr": config.teacher_lr, "compare_natural_student": False, "plot": False,
-        "out_dir": os.path.join(config.resolved_out_dir(), "natural_student"),
-    })
+    """Test the natural student trained by `_ensure_natural_student` (the demo's point of comparison)."""
+    sub = natural_student_config(config)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
-    if not _is_finished(cached, sub):
-        _run(sub.replace(test_attacks=()), progress_prefix="[natural student] ")
     model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub, sub.student_args)
     best = os.path.join(sub.resolved_out_dir(), "best.pt")
-    return _test_metrics(sub, model, best if os.path.isfile(best) else cached, splits["test"], device)
+    return _test_metrics(config, model, best if os.path.isfile(best) else cached, splits["test"], device)
 
 
 # ---- final evaluation --------------------------------------------------------------------------

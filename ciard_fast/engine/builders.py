@@ -5,6 +5,7 @@ import torch
 
 from ..data import load_dataset, make_loader
 from ..models import create_model
+from ..models.normalization import resolve_normalization
 from .precision import use_channels_last
 
 
@@ -17,12 +18,10 @@ def load_splits(config):
 
 
 def build_model(name, dataset, normalize, device, config, model_args=None):
-    """A registered model for `dataset`'s classes. `normalize`: True (the dataset's mean/std),
-    False (raw [0,1] pixels) or the name of published statistics (e.g. "cifar10_legacy")."""
-    if isinstance(normalize, str):
-        stats = normalize
-    else:
-        stats = (dataset.mean, dataset.std) if normalize else None
+    """A registered model for `dataset`'s classes, on `device`. `normalize`: any value
+    `resolve_normalization` takes: True (the dataset's mean/std), False/None (raw [0,1] pixels),
+    a `DATASET_STATS` name (e.g. "cifar10_legacy") or a (mean, std) pair."""
+    stats = resolve_normalization(normalize, dataset)
     model = create_model(name, num_classes=dataset.num_classes, normalize=stats, **(model_args or {}))
     model = model.to(device)
     if use_channels_last(config.channels_last, device):

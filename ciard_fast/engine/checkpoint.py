@@ -57,3 +57,18 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def is_finished_run(path, config):
+    """True when `path` is a readable checkpoint of a run that finished (epoch >= config.epochs)
+    with the very same config as `config` (a TrainConfig), apart from the progress display.
+    Cached teacher and natural-student runs are reused only then."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        state = load_checkpoint(path)
+    except ValueError:
+        return False
+    saved = dict(state["config"])
+    wanted = config.to_dict()
+    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items() if k != "progress")

@@ -1,13 +1,20 @@
 """`ciard-fast teacher --method natural|sat|trades --model M --dataset D [--key value ...]`.
 
-Trains a teacher with the same engine (data, attack, checkpoints, logs) and prints its test table.
-Its `best.pt` is accepted as `--robust-teacher` / `--clean-teacher` by the distillation methods.
+Trains a teacher with the same engine and the same recipe as the teachers `train()` makes when a
+distillation config points to none (`ciard_fast.engine.teachers.ensure_teacher`), and prints its
+test table. A finished run with the very same config in the output folder is reused, not trained
+again. Its `best.pt` is accepted as `--robust-teacher` / `--clean-teacher` by the distillation
+methods. The `--key value` pairs are fields of the teacher's own run: `--epochs`, `--lr`,
+`--student_args.width 16` (the model's kwargs), `--student_normalize`, the method's options.
 """
+import os
+import sys
+
 from ..config import TrainConfig, build_config
 from .cli_train import parse_extra
+from .teachers import TEACHER_METHODS
 
 ACCEPTS_EXTRA = True
-TEACHER_METHODS = ("natural", "sat", "trades")
 
 
 def add_arguments(parser):
@@ -20,12 +27,26 @@ def add_arguments(parser):
 
 
 def run(args):
-    from .api import train
+    from .checkpoint import is_finished_run
+    from .teachers import TeacherSpec, ensure_teacher, teacher_run_config
 
     overrides = parse_extra(getattr(args, "extra", []), args.method)
     overrides.update(method=args.method, student=args.model, dataset=args.dataset)
     overrides.setdefault("epochs", TrainConfig.teacher_epochs)
     overrides.setdefault("out_dir", f"runs/teacher-{args.method}-{args.dataset}-{args.model}")
-    result = train(build_config(config_file=args.config, overrides=overrides))
-    print(f"teacher checkpoint: {result.best_checkpoint or result.last_checkpoint}")
+    config = build_config(config_file=args.config, overrides=overrides)
+    spec = TeacherSpec(kind="clean" if config.method == "natural" else "robust", model=config.student,
+                       model_args=config.student_args, normalize=config.student_normalize, method=config.method,
+                       method_args=config.method_args, epochs=config.epochs, lr=config.lr)
+    out_dir = config.resolved_out_dir()
+    run_config = teacher_run_config(spec, config, out_dir=out_dir, tested=True)
+    reused = is_finished_run(os.path.join(out_dir, "last.pt"), run_config)
+    last = ensure_teacher(spec, config, out_dir=out_dir, tested=True)
+    results = os.path.join(out_dir, "results.md")
+    if reused and os.path.isfile(results):
+        print(f"reusing the finished teacher run in {out_dir}", file=sys.stderr)
+        with open(results, encoding="utf-8") as f:
+            print(f.read(), end="")
+    best = os.path.join(out_dir, "best.pt")
+    print(f"teacher checkpoint: {best if os.path.isfile(best) else last}")
     return 0

@@ -23,12 +23,12 @@ import sys
 import time
 import warnings
 
-import torch
-
 from ..config import FIELD_NAMES, build_config, list_presets
 from ..methods import get_method, list_methods
 from ..atomic import save_torch_atomic, write_text_atomic
 from . import checkpoint as ckpt
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
+                       teacher_spec)
 
 # column key -> header, in the order of EVALUATION.md's table
 COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades": "PGD-TRADES", "cw": "CW∞",
@@ -36,9 +36,12 @@ COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades":
 ROW_FILE = "compare_row.json"
 # What every method shares with the base config even when it starts from its own preset: the data,
 # the seed, the evaluation, and the teachers' architecture (their weights are shared).
-SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps", "test_n",
-          "robust_teacher_model", "robust_teacher_normalize", "robust_teacher_args",
-          "clean_teacher_model", "clean_teacher_normalize", "clean_teacher_args")
+SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps",
+          "test_n") + TEACHER_ARCHITECTURE_FIELDS
+# What compare sets on each method's run; every other field comes from the method's parent config
+# (the base config, or its own preset with the same user fields and the SHARED ones).
+METHOD_RUN_OVERRIDES = ("method", "method_args", "out_dir", "test_attacks", "compare_natural_student", "lr") \
+    + tuple(TEACHER_FIELDS[kind]["weights"] for kind in TEACHER_KINDS)
 
 
 @dataclasses.dataclass
@@ -115,30 +118,18 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
                          "(pip install pyautoattack)")
             warnings.warn(notes[-1], stacklevel=2)
 
-    classes = {name: get_method(name) for name in names}
-    teachers = {}
-    for kind in ("robust", "clean"):
-        if any(getattr(cls, f"needs_{kind}_teacher") for cls in classes.values()):
-            teachers[kind] = _teacher_weights(base, kind, out_dir)
+    needed = {name: needed_teachers(name) for name in names}
+    teachers = {kind: _teacher_weights(base, kind, out_dir) for kind in TEACHER_KINDS
+                if any(kind in kinds for kinds in needed.values())}
 
     rows = {}
     for name in names:
-        cls = classes[name]
-        method_preset = preset_for(preset, name, per_method_presets)
-        given = {**{k: getattr(base, k) for k in SHARED}, **fields,
-                 **{k: v for k, v in options.items() if k in _option_names(name)}}
-        run_overrides = dict(given, method=name, out_dir=os.path.join(out_dir, name), test_attacks=tuple(attacks),
-                             compare_natural_student=False)
-        if not (cls.needs_robust_teacher or cls.needs_clean_teacher) and "lr" not in fields:
-            # natural/SAT/TRADES rows train with cross-entropy, like the teachers and like the
-            # natural student of `train()`: at teacher_lr, not at the distillation lr.
-            run_overrides["lr"] = base.teacher_lr
-        for kind in ("robust", "clean"):
-            if getattr(cls, f"needs_{kind}_teacher"):
-                run_overrides[f"{kind}_teacher"] = teachers[kind]
-        config = build_config(preset=method_preset, config_file=config_file, overrides=run_overrides)
+        config = method_config(base, name, preset_for(preset, name, per_method_presets), preset, config_file,
+                               fields, {k: v for k, v in options.items() if k in _option_names(name)},
+                               {kind: teachers[kind] for kind in needed[name]}, out_dir, attacks)
         # a teacher retrained under the same path makes the old rows stale: its file time counts
-        used = {k: os.path.getmtime(p) for k, p in teachers.items() if run_overrides.get(f"{k}_teacher") == p}
+        used = {kind: os.path.getmtime(teachers[kind]) for kind in needed[name]
+                if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
         rows[name] = _run_method(config, reuse, used)
 
     result = CompareResult(out_dir=out_dir, methods=names, rows=rows, teachers=teachers, config=base.to_dict(),
@@ -174,6 +165,27 @@ def preset_for(preset, method, per_method_presets=True):
     return preset
 
 
+def method_config(base, name, method_preset, preset, config_file, fields, options, teachers, out_dir, attacks):
+    """The run config of method `name`: its parent (`base`, or `method_preset` built with the
+    same user `fields` and `base`'s SHARED fields) with `METHOD_RUN_OVERRIDES` changed through
+    `TrainConfig.replace` (which validates `options` against the method); every other field is
+    inherited. `teachers`: kind -> weights file of the teachers the method needs."""
+    if method_preset == preset:
+        parent = base
+    else:
+        parent = build_config(preset=method_preset, config_file=config_file,
+                              overrides={**{k: getattr(base, k) for k in SHARED}, **fields})
+    changes = dict(method=name, out_dir=os.path.join(out_dir, name), test_attacks=tuple(attacks),
+                   compare_natural_student=False)
+    if not teachers and "lr" not in fields:
+        # natural/SAT/TRADES rows train with cross-entropy, like the teachers and like the
+        # natural student of `train()`: at teacher_lr, not at the distillation lr.
+        changes["lr"] = base.teacher_lr
+    changes.update({TEACHER_FIELDS[kind]["weights"]: path for kind, path in teachers.items()})
+    assert set(changes) <= set(METHOD_RUN_OVERRIDES), sorted(set(changes) - set(METHOD_RUN_OVERRIDES))
+    return parent.replace(**changes, **options)  # method_args: the parent's, updated with `options`
+
+
 def _option_names(method):
     return {f.name for f in dataclasses.fields(get_method(method).Options)}
 
@@ -206,15 +218,10 @@ def _autoattack_available():
 def _teacher_weights(base, kind, out_dir):
     """The weights file of the robust/clean teacher: the config's own path, or the teacher trained
     once under <out_dir>/teachers/<kind>/ (reused when it finished with the same config)."""
-    from .api import _is_finished, _run, _teacher_config
-
-    given = getattr(base, f"{kind}_teacher")
-    if given:
-        return given
-    sub = _teacher_config(base, kind)  # out_dir/teachers/<kind>, the settings train() would use
-    cached = os.path.join(sub.resolved_out_dir(), "last.pt")
-    if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ")
+    spec = teacher_spec(base, kind)
+    if spec.weights:
+        return spec.weights
+    cached = ensure_teacher(spec, base)  # out_dir/teachers/<kind>/last.pt, as train() would make it
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).
     weights = os.path.join(out_dir, "teachers", f"{kind}.pt")

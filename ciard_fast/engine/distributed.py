@@ -107,14 +107,6 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
-    def broadcast_object(self, obj):
-        """Rank 0's Python object on every rank."""
-        if not self.enabled:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 _CONTEXT = None
 

@@ -8,7 +8,6 @@ import io
 import json
 import os
 import sys
-import time
 
 from ..atomic import write_text_atomic
 
@@ -58,14 +57,6 @@ class Progress:
             self._last_line_len = 0
         self.stream.write(f"{self.prefix}{summary}\n")
         self.stream.flush()
-
-
-class Stopwatch:
-    def __init__(self):
-        self.start = time.perf_counter()
-
-    def elapsed(self):
-        return time.perf_counter() - self.start
 
 
 def plot_history(out_dir, history, filename="curves.png"):

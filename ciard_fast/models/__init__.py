@@ -23,7 +23,7 @@ inside forward with non-persistent buffers, so ``state_dict()`` keys are the pub
 | small_cnn        | 3 conv-BN-ReLU, ``width`` (32)                    | 57,130              |
 """
 from .base import ImageClassifier
-from .normalization import DATASET_STATS
+from .normalization import DATASET_STATS, resolve_normalization
 from .registry import create_model, list_models, register_model
 from .weights import load_weights
 
@@ -38,4 +38,5 @@ __all__ = [
     "list_models",
     "load_weights",
     "register_model",
+    "resolve_normalization",
 ]

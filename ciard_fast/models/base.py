@@ -51,7 +51,7 @@ class ImageClassifier(nn.Module):
 
         Raises ValueError/TypeError for unknown names or malformed statistics.
         """
-        stats = resolve_normalization(normalize, self.in_channels)
+        stats = resolve_normalization(normalize, channels=self.in_channels)
         # a Python copy of the statistics, so reading them never syncs with a GPU
         self._normalization = stats
         if stats is None and not self._always_holds_stats:

@@ -1,0 +1,192 @@
+"""Teachers as data: what a distillation run's robust and clean teachers are, and where their
+weights come from.
+
+    spec = teacher_spec(config, "robust")     # from the config's robust_teacher* fields
+    path = ensure_teacher(spec, config)       # the given file, a cached finished run, or trained now
+
+A teacher the config does not point to is trained first with the same engine (`train()`, the
+public entry point) as a run of one of the teacher methods (natural / SAT / TRADES), which need no
+teachers themselves, so teacher training never recurses. Its run lives in
+`<out_dir>/teachers/<kind>/` and is reused while its config is unchanged.
+
+The teacher's run config is derived from the distillation config with `dataclasses.replace`: every
+field is inherited (data, batch, optimiser, attack, precision, devices ...) except the ones named in
+`TEACHER_RUN_OVERRIDES`, so a field added to `TrainConfig` later reaches the teacher by default.
+"""
+import dataclasses
+import os
+import sys
+from typing import Optional, Union
+
+from ..config import TrainConfig, derive_config
+from . import checkpoint as ckpt
+
+TEACHER_KINDS = ("robust", "clean")
+# methods a teacher can be trained with: they need no teachers of their own
+TEACHER_METHODS = ("natural", "sat", "trades")
+
+# The TrainConfig fields of each teacher slot (user-facing names, kept for presets, the CLI and
+# users). The clean teacher is always trained naturally, so it has no method field.
+TEACHER_FIELDS = {
+    "robust": {"weights": "robust_teacher", "model": "robust_teacher_model", "model_args": "robust_teacher_args",
+               "normalize": "robust_teacher_normalize", "method": "robust_teacher_method"},
+    "clean": {"weights": "clean_teacher", "model": "clean_teacher_model", "model_args": "clean_teacher_args",
+              "normalize": "clean_teacher_normalize"},
+}
+# how a missing teacher of either kind is trained
+TEACHER_TRAINING_FIELDS = ("teacher_epochs", "teacher_lr")
+# the fields that fix a teacher's architecture and input (not its weights)
+TEACHER_ARCHITECTURE_FIELDS = tuple(names[key] for names in TEACHER_FIELDS.values()
+                                    for key in ("model", "model_args", "normalize"))
+
+# -- the teacher run's config: what it does not inherit from the distillation config -----------
+# set from the TeacherSpec: the teacher is that run's "student"
+FROM_SPEC = ("method", "method_args", "student", "student_args", "student_normalize", "epochs", "lr")
+# A cached teacher run is validated once, at its end, and not tested (nobody reads that table),
+# and it always runs to its end; `ciard-fast teacher` keeps the given config's values instead.
+CACHED_TEACHER_OVERRIDES = ("eval_every", "test_attacks", "test_n", "plot", "compare_natural_student",
+                            "resume", "stop_after")
+# Fields that only describe the distillation run: back to their defaults in the teacher's run, so
+# that changing them neither changes a teacher nor invalidates a cached one.
+DISTILLATION_ONLY = tuple(name for names in TEACHER_FIELDS.values() for name in names.values()) \
+    + TEACHER_TRAINING_FIELDS
+TEACHER_RUN_OVERRIDES = FROM_SPEC + ("out_dir",) + CACHED_TEACHER_OVERRIDES + DISTILLATION_ONLY
+
+
+@dataclasses.dataclass(frozen=True)
+class TeacherSpec:
+    """One teacher of a distillation run.
+
+    Attributes:
+        kind: "robust" or "clean".
+        model: a registered model name (`ciard_fast.models.list_models()`).
+        model_args: the model's keyword arguments (e.g. {"width": 16}).
+        weights: the weights file, or None to train the teacher first.
+        normalize: its input normalisation, any value `resolve_normalization` takes (True: the
+            dataset's statistics, False: raw [0, 1] pixels, a `DATASET_STATS` name, a pair).
+        method: how it is trained when `weights` is None: natural, sat or trades.
+        method_args: options of that method (e.g. TRADES' beta); {} for its defaults.
+        epochs, lr: its training epochs (>= 1) and learning rate (> 0).
+    """
+
+    kind: str
+    model: str
+    model_args: dict = dataclasses.field(default_factory=dict)
+    weights: Optional[str] = None
+    normalize: Union[bool, str, tuple, None] = True
+    method: str = "natural"
+    method_args: dict = dataclasses.field(default_factory=dict)
+    epochs: int = TrainConfig.teacher_epochs
+    lr: float = TrainConfig.teacher_lr
+
+    def __post_init__(self):
+        if self.kind not in TEACHER_KINDS:
+            raise ValueError(f"teacher kind must be one of {', '.join(TEACHER_KINDS)}; got {self.kind!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise TypeError(f"the {self.kind} teacher's model must be a registered model name; got {self.model!r}")
+        if self.method not in TEACHER_METHODS:
+            field = TEACHER_FIELDS[self.kind].get("method", "method")
+            raise ValueError(f"{field}={self.method!r}: a teacher is trained with one of "
+                             f"{', '.join(TEACHER_METHODS)} (methods that need no teachers themselves)")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ValueError(f"teacher_epochs must be an integer >= 1, got {self.epochs!r}")
+        if not self.lr > 0:
+            raise ValueError(f"teacher_lr must be > 0, got {self.lr!r}")
+
+    @property
+    def method_keyword(self):
+        """The keyword under which a distillation method takes this teacher."""
+        return {"robust": "robust_teacher", "clean": "clean_teacher"}[self.kind]
+
+
+def teacher_spec(config, kind):
+    """The TeacherSpec of slot `kind` ("robust" or "clean") of a TrainConfig: the one place that
+    reads the `<kind>_teacher*` fields."""
+    if kind not in TEACHER_FIELDS:
+        raise ValueError(f"teacher kind must be one of {', '.join(TEACHER_KINDS)}; got {kind!r}")
+    names = TEACHER_FIELDS[kind]
+    return TeacherSpec(kind=kind, model=getattr(config, names["model"]),
+                       model_args=dict(getattr(config, names["model_args"]) or {}),
+                       weights=getattr(config, names["weights"]) or None,
+                       normalize=getattr(config, names["normalize"]),
+                       method=getattr(config, names["method"]) if "method" in names else "natural",
+                       epochs=config.teacher_epochs, lr=config.teacher_lr)
+
+
+def needed_teachers(method):
+    """The kinds of teacher ("robust", "clean") the method named `method` needs, in that order."""
+    from ..methods import get_method
+
+    cls = get_method(method)
+    needs = {"robust": cls.needs_robust_teacher, "clean": cls.needs_clean_teacher}
+    return tuple(kind for kind in TEACHER_KINDS if needs[kind])
+
+
+def teacher_specs(config):
+    """{kind: TeacherSpec} of the teachers `config.method` needs (none for the teacher methods)."""
+    return {kind: teacher_spec(config, kind) for kind in needed_teachers(config.method)}
+
+
+def teacher_run_config(spec, base_config, out_dir=None, tested=False):
+    """The TrainConfig of the run that trains `spec`'s teacher, derived from `base_config`.
+
+    Every field is inherited from `base_config` except `TEACHER_RUN_OVERRIDES`: the spec's
+    model/normalisation/method/epochs/lr, `out_dir` (default `<base out_dir>/teachers/<kind>`),
+    the distillation-only fields (reset to their defaults) and, unless `tested`, a run that is
+    validated once at its end and not tested (`CACHED_TEACHER_OVERRIDES`).
+    """
+    _check_method_args(spec)
+    defaults = TrainConfig()
+    changes = {name: getattr(defaults, name) for name in DISTILLATION_ONLY}
+    changes.update(method=spec.method, method_args=dict(spec.method_args), student=spec.model,
+                   student_args=dict(spec.model_args), student_normalize=spec.normalize, epochs=spec.epochs,
+                   lr=spec.lr, out_dir=out_dir or os.path.join(base_config.resolved_out_dir(), "teachers", spec.kind))
+    if not tested:
+        changes.update(eval_every=spec.epochs, test_attacks=(), test_n=None, plot=False,
+                       compare_natural_student=False, resume=None, stop_after=None)
+    return derive_config(base_config, TEACHER_RUN_OVERRIDES, **changes)
+
+
+def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True):
+    """The weights file of `spec`'s teacher: `spec.weights` when given; else the `last.pt` of its
+    run in `out_dir` (default `<base out_dir>/teachers/<kind>/`), reused when that run finished
+    with the very same config (`teacher_run_config`), else trained now with `train()`.
+
+    `tested=True` (the `ciard-fast teacher` command) keeps `base_config`'s evaluation, so the run
+    prints its test table. Returns the path; load it with `ciard_fast.models.load_weights`.
+    """
+    if spec.weights:
+        if not os.path.isfile(spec.weights):
+            field = TEACHER_FIELDS[spec.kind]["weights"]
+            raise FileNotFoundError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's "
+                                    f"weights file, or leave {field} unset to train the teacher first")
+        return spec.weights
+    from .api import train  # the engine's public entry point (api imports this module)
+
+    config = teacher_run_config(spec, base_config, out_dir=out_dir, tested=tested)
+    path = os.path.join(config.resolved_out_dir(), "last.pt")
+    if reuse and ckpt.is_finished_run(path, config):
+        if config.progress:
+            print(f"[{spec.kind} teacher] reusing the finished run in {config.resolved_out_dir()}", file=sys.stderr)
+        return path
+    train(config, progress_prefix="" if tested else f"[{spec.kind} teacher] ")
+    return path
+
+
+def ensure_teachers(config):
+    """{kind: weights file} of every teacher `config.method` needs, trained first where missing."""
+    return {kind: ensure_teacher(spec, config) for kind, spec in teacher_specs(config).items()}
+
+
+def _check_method_args(spec):
+    from ..methods import get_method
+
+    valid = {f.name for f in dataclasses.fields(get_method(spec.method).Options)}
+    unknown = sorted(set(spec.method_args) - valid)
+    if unknown:
+        raise ValueError(f"the {spec.kind} teacher's method {spec.method!r} has no option(s) {unknown}; "
+                         f"its options: {', '.join(sorted(valid)) or 'none'}")
+
+
+__all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
+           "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
