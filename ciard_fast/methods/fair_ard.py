@@ -119,7 +119,7 @@ class FairARD(ARD):
     def training_step(self, x, y):
         opt = self.options
         counter = _CorrectStepCounter(self.student, y)
-        x_adv = self.attack_student(x, y, model=counter, eps=self._eps)
+        x_adv = self.attack_student(x, y, loss="ce", model=counter, eps=self._eps)
         self.kappa_sum.index_add_(0, y, counter.count)
         self.class_count.index_add_(0, y, torch.ones_like(counter.count))
         s_adv, s_nat = self.student_forwards(x, x_adv)

@@ -96,7 +96,7 @@ class IAD(ARD):
 
     def training_step(self, x, y):
         opt = self.options
-        x_adv = self.attack_student(x, y)
+        x_adv = self.attack_student(x, y, loss="ce")
         S, T = self.student, self.teacher
         introspect = self.introspection_active(self.epoch)
         s_adv = S(x_adv)
