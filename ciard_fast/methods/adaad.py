@@ -71,6 +71,7 @@ class AdaAD(Method):
     milestones = (100, 150)
     needs_robust_teacher = True
     needs_clean_teacher = False
+    preset_overrides = {"weight_decay": 5e-4, "method_args": {"adv_weight": 1.0}}  # the AdaAD code's weight decay
 
     @dataclasses.dataclass
     class Options:

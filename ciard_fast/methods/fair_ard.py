@@ -62,6 +62,8 @@ def fair_class_weights(kappa, beta=2.0, bounds=(5.0 / 6.0, 5.0 / 2.0)):
 @register_method
 class FairARD(ARD):
     name = "fair_ard"
+    preset_overrides = {"method_args": {"tau": 30.0, "beta": 2.0}}
+    preset_overrides_by_dataset = {}  # batch 128 on CIFAR-100 too (not ARD's 256)
 
     @dataclasses.dataclass
     class Options:

@@ -40,6 +40,7 @@ class MTARD(Method):
     milestones = (215, 260, 285)
     needs_robust_teacher = True
     needs_clean_teacher = True
+    preset_overrides = {"method_args": {"eta_w": 0.025}}
 
     @dataclasses.dataclass
     class Options:
