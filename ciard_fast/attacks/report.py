@@ -1,7 +1,6 @@
 """The result of :func:`ciard_fast.evaluate`: accuracies, hyperparameters, costs, findings."""
 import dataclasses
 import json
-import os
 
 from ..atomic import write_text_atomic
 from ..tables import column_label, order_columns, render_table

@@ -26,7 +26,7 @@ import warnings
 import torch
 
 from ..config import FIELD_NAMES, build_config, list_presets
-from ..methods import get_method, list_methods
+from ..methods import get_method
 from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
@@ -156,10 +156,8 @@ def _method_names(methods):
     names = list(methods)
     if not names:
         raise ValueError("compare needs at least one method, e.g. methods='ciard,rslad'")
-    valid = list_methods()
     for name in names:
-        if name not in valid:
-            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}")
+        get_method(name)  # ValueError naming the valid methods and close matches
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice: {names}")
     return names
