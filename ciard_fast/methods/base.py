@@ -21,8 +21,10 @@ RANDOM_STARTS = ("default", "uniform", "normal", "none")
 @dataclasses.dataclass
 class AttackSettings:
     """The training-time inner maximisation (PGD on the student): L∞ radius, step, steps, and
-    the random start ("default": the method's own — x + 0.001·N(0,I) for CIARD/TRADES/RSLAD,
-    uniform in the ε-ball for SAT/ARD; "none" makes the attack deterministic)."""
+    the random start ("default": the method's own `Method.attack_start` — x + 0.001·N(0,I) for
+    CIARD/TRADES/RSLAD/AdaAD/MTARD/B-MTARD, uniform in the ε-ball for SAT/ARD/IAD/Fair-ARD;
+    "uniform"/"normal" force that kind for every method; "none" starts at x, deterministic).
+    Every method attacks through `Method.attack_student`, which applies it."""
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
