@@ -11,8 +11,8 @@ every optimiser update; the random start draws from the default CUDA generator, 
 safe (each replay advances its Philox offset); nothing in the loop synchronises with the host.
 Requirements, checked here, else the eager loop runs: CUDA inputs, no explicit `generator`,
 Python-number ε/α, an `nn.Module` (and an `nn.Module` objective when the loss is a callable; the
-objective object and its modules' modes are part of the key). Autocast's weight cache must be off during capture (the engine
-opens autocast with cache_enabled=False when graphs are on). A capture that fails falls back to
+objective object and its modules' modes are part of the key). Autocast's weight cache must be off
+during capture (the engine opens autocast with cache_enabled=False when graphs are on). A capture that fails falls back to
 the eager loop with one warning.
 """
 import contextlib

@@ -11,8 +11,8 @@ from .. import kernels
 from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
-from .validate import (_describe, check_choice, check_images, check_kappa, check_labels, check_labels_in_range, check_model,
-                       check_radius, check_step_size, check_steps, check_target_logits)
+from .validate import (_describe, check_choice, check_images, check_kappa, check_labels, check_labels_in_range,
+                       check_model, check_radius, check_step_size, check_steps, check_target_logits)
 
 __all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
 

@@ -263,8 +263,8 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
 def _markdown_table(rows, config):
     columns = order_columns(k for metrics in rows.values() for k in metrics)
     lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}", ""]
-    lines += render_table(["model"] + [column_label(c) for c in columns],
-                          [[name] + [format_accuracy(metrics.get(c)) for c in columns] for name, metrics in rows.items()])
+    body = [[name] + [format_accuracy(metrics.get(c)) for c in columns] for name, metrics in rows.items()]
+    lines += render_table(["model"] + [column_label(c) for c in columns], body)
     return "\n".join(lines) + "\n"
 
 
