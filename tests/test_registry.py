@@ -191,6 +191,16 @@ def test_a_column_outside_the_ball_is_caught(toy_extensions):
         ATTACK_REGISTRY.unregister("toy_cheat")
 
 
+def test_a_column_with_bad_defaults_is_named(toy_extensions):
+    register_attack("toy_bad", defaults=lambda eps, seed: [eps], run=toy_noise)
+    try:
+        with pytest.raises(TypeError, match="column 'toy_bad' must return a dict"):
+            ciard_fast.evaluate(torch.nn.Flatten(), (torch.rand(2, 1, 2, 5), torch.zeros(2, dtype=torch.long)),
+                                attacks=("clean",), progress=False)
+    finally:
+        ATTACK_REGISTRY.unregister("toy_bad")
+
+
 def test_unknown_test_attack_fails_before_training():
     with pytest.raises(ValueError, match=r"test_attacks: unknown attack 'pgd'; choose from clean, fgsm"):
         build_config(overrides={**TINY, "test_attacks": ("clean", "pgd")})

@@ -31,7 +31,14 @@ def default_hyperparameters(eps=8 / 255, seed=0):
     """The settings of every registered column (the standard table of docs/evaluation.md for the
     built-in ones); the step sizes are fixed. FGSM's step is ε by definition; CW∞'s start and loss
     are what make it CW∞, so `attack_params` cannot change them."""
-    return {name: get_attack(name).defaults(eps, seed) for name in list_attacks()}
+    params = {}
+    for name in list_attacks():
+        value = get_attack(name).defaults(eps, seed)
+        if not isinstance(value, dict):
+            raise TypeError(f"the defaults of evaluation column {name!r} must return a dict of hyperparameters, "
+                            f"got {type(value).__name__}; fix its register_attack(..., defaults=...)")
+        params[name] = dict(value)
+    return params
 
 
 class _CountingModel(torch.nn.Module):
