@@ -30,6 +30,11 @@ _EXPORTS = {
     "register_model": "ciard_fast.models",
     "load_weights": "ciard_fast.models",
     "load_dataset": "ciard_fast.data",
+    "register_dataset": "ciard_fast.data",
+    "register_method": "ciard_fast.methods",
+    "list_methods": "ciard_fast.methods",
+    "register_attack": "ciard_fast.attacks.columns",
+    "list_attacks": "ciard_fast.attacks.columns",
     "DeviceLoader": "ciard_fast.data",
     "export": "ciard_fast.deploy",
 }

@@ -1,6 +1,14 @@
-"""Training configuration: one dataclass, presets shipped as YAML package data.
+"""Training configuration: one dataclass, presets shipped as YAML package data or generated.
 
 Precedence (lowest to highest): dataclass defaults < preset < YAML file < keyword/CLI overrides.
+
+Presets hold only what differs from their base. A YAML preset (or config file) may start with
+``base: <preset>`` and list only its differences (``method_args`` merge key by key). Every
+``<dataset>-<student>`` YAML preset also generates ``<dataset>-<student>-<method>`` for every
+registered method other than its own: the base, minus the settings of teachers the method does
+not use, with ``method``, ``epochs = Method.paper_epochs`` and the method's
+``preset_overrides`` (and ``preset_overrides_by_dataset[dataset]``). A YAML file of that name, if
+shipped, wins. So a method with the base schedule needs no YAML at all.
 Keys that are not TrainConfig fields but are options of the chosen method (e.g. `T_push`,
 `weighting`, `itt` for CIARD) go to `method_args`. Unknown keys raise a ValueError naming the key,
 the closest valid ones, and where the valid ones are listed.
@@ -106,9 +114,30 @@ class TrainConfig:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
-def list_presets():
-    """Names of the presets shipped with the package."""
+def _yaml_presets():
     return sorted(n[:-5] for n in os.listdir(PRESET_DIR) if n.endswith(".yaml"))
+
+
+def _generated_presets():
+    """name -> (base preset, method) of every generated preset (see the module docstring)."""
+    from .methods import list_methods
+
+    yaml_names = set(_yaml_presets())
+    generated = {}
+    for base in sorted(yaml_names):
+        if base.count("-") != 1:  # a <dataset>-<student> base, not demo or a method's own YAML
+            continue
+        base_method = load_preset(base).get("method", TrainConfig.method)
+        for method in list_methods():
+            name = f"{base}-{method}"
+            if method != base_method and name not in yaml_names:
+                generated[name] = (base, method)
+    return generated
+
+
+def list_presets():
+    """Names of the presets shipped with the package (YAML files) and generated from them."""
+    return sorted(set(_yaml_presets()) | set(_generated_presets()))
 
 
 def _read_yaml(path):
@@ -123,11 +152,59 @@ def _read_yaml(path):
     return data
 
 
-def load_preset(name):
+def _merge_layers(parent, child):
+    """`child` over `parent` (raw config mappings); their method_args merge key by key."""
+    merged = dict(parent)
+    merged.update(child)
+    if "method_args" in parent or "method_args" in child:
+        merged["method_args"] = {**(parent.get("method_args") or {}), **(child.get("method_args") or {})}
+    return merged
+
+
+def _resolve_base(data, where, chain):
+    """`data` with its ``base:`` preset (recursively) underneath it."""
+    if "base" not in data:
+        return data
+    data = dict(data)
+    base = data.pop("base")
+    if not isinstance(base, str) or not base:
+        raise ValueError(f"{where}: base must be the name of a preset, got {base!r}")
+    if base in chain:
+        raise ValueError(f"{where}: presets inherit in a cycle: {' -> '.join(chain + (base,))}; remove one base:")
+    return _merge_layers(load_preset(base, _chain=chain + (base,)), data)
+
+
+def _teacher_unused(key, method_cls):
+    """Config keys of a teacher `method_cls` does not need (dropped from its generated presets)."""
+    return ((key.startswith("robust_teacher") and not method_cls.needs_robust_teacher)
+            or (key.startswith("clean_teacher") and not method_cls.needs_clean_teacher))
+
+
+def _generate_preset(base, method, chain):
+    from .methods import get_method
+
+    cls = get_method(method)
+    data = {k: v for k, v in load_preset(base, _chain=chain + (base,)).items()
+            if k != "method_args" and not _teacher_unused(k, cls)}
+    data.update(method=method, epochs=cls.paper_epochs)
+    data = _merge_layers(data, dict(cls.preset_overrides))
+    return _merge_layers(data, dict(cls.preset_overrides_by_dataset.get(data.get("dataset"), {})))
+
+
+def load_preset(name, _chain=None):
+    """The raw mapping of preset `name` (its base presets resolved): config keys -> values."""
+    chain = _chain if _chain is not None else (name,)
     path = os.path.join(PRESET_DIR, f"{name}.yaml")
-    if not os.path.isfile(path):
-        raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(list_presets())}")
-    return _read_yaml(path)
+    if os.path.isfile(path):
+        return _resolve_base(_read_yaml(path), f"preset {name!r}", chain)
+    generated = _generated_presets().get(name) if isinstance(name, str) else None
+    if generated is None:
+        import difflib
+
+        close = difflib.get_close_matches(str(name), list_presets(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown preset {name!r}.{hint} Valid presets: {', '.join(list_presets())}")
+    return _generate_preset(*generated, chain)
 
 
 def _method_option_names(method):
@@ -154,7 +231,7 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
     if preset is not None:
         layers.append(load_preset(preset))
     if config_file is not None:
-        layers.append(_read_yaml(config_file))
+        layers.append(_resolve_base(_read_yaml(config_file), f"config file {config_file!r}", ()))
     layers.append(dict(overrides or {}))
     for layer in layers:
         layer = dict(layer)
@@ -218,6 +295,14 @@ def validate_config(config):
          f"eval_every must be an integer >= 1 (epochs), got {config.eval_every!r}")
     need(isinstance(config.log_every, int) and config.log_every >= 1,
          f"log_every must be an integer >= 1 (steps), got {config.log_every!r}")
+    # the final table's columns must exist now, not after the whole training run
+    from .attacks.columns import get_attack
+
+    for name in config.test_attacks:
+        try:
+            get_attack(name)
+        except ValueError as exc:
+            raise ValueError(f"test_attacks: {exc}") from None
 
 
 # ---- parsing "--key value" strings from the command line ---------------------------------------

@@ -46,8 +46,3 @@ def ciard_teacher_lr(epoch, epochs=300, base_lr=1e-4, start_epoch=None):
 def step_lr(epoch, epochs, paper_epochs, milestones, base_lr=0.1, gamma=0.1):
     """Piecewise-constant decay: base_lr × gamma at each scaled milestone (ARD: 100/150 of 200)."""
     return base_lr * step_decay_factor(epoch, milestones, epochs, paper_epochs, gamma)
-
-
-def cosine_lr(epoch, epochs, base_lr=0.1):
-    """Plain cosine annealing from base_lr at epoch 1 towards 0 at epoch E+1 (teacher training)."""
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / epochs))

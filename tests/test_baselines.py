@@ -10,12 +10,13 @@ import math
 import pytest
 import torch
 
+from ciard_fast.attacks.pgd import pgd
 from ciard_fast.methods import AttackSettings, get_method, list_methods
 from ciard_fast.methods import adaad as adaad_mod
 from ciard_fast.methods import ard as ard_mod
+from ciard_fast.methods import base as base_mod
 from ciard_fast.methods import fair_ard as fair_mod
 from ciard_fast.methods import iad as iad_mod
-from ciard_fast.methods import mtard as mtard_mod
 from ciard_fast.methods import rslad as rslad_mod
 
 from _tiny import tiny_convnet
@@ -247,7 +248,7 @@ def test_ard_step(monkeypatch):
     method = make("ard", tau=3.0, kd_weight=0.6)
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(ard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     (call,) = recorder.calls
     assert call["random_start"] == "uniform" and call["loss"] == "ce" and not call["student_training"]
@@ -262,7 +263,7 @@ def test_ard_attack_train_mode_reproduces_the_code(monkeypatch):
     method = make("ard", attack_train_mode=True)
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(ard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     method.training_step(x, y)
     assert recorder.calls[0]["student_training"] and method.student.training
 
@@ -271,7 +272,7 @@ def test_rslad_step(monkeypatch):
     method = make("rslad")
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(rslad_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     (call,) = recorder.calls
     (t,) = teacher_logits(method.robust_teacher, x)
@@ -288,7 +289,7 @@ def test_iad_step(monkeypatch, epoch, introspect):
     method.start_epoch(epoch)
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(ard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     assert recorder.calls[0]["random_start"] == "uniform" and recorder.calls[0]["loss"] == "ce"
     s_adv, s_nat = student_train_logits(method, recorder.x_adv, x)
@@ -306,16 +307,13 @@ def test_iad_step(monkeypatch, epoch, introspect):
 def test_adaad_step(monkeypatch):
     method = make("adaad", adv_weight=0.5)
     x, y = batch()
-    seen = []
-
-    def fake_attack(student, teacher, x_in, **kwargs):
-        seen.append((student.training, teacher.training, kwargs))
-        return recorder.x_adv.clone()
-
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(adaad_mod, "adaad_attack", fake_attack)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
-    assert seen == [(False, False, {"eps": 8 / 255, "alpha": 2 / 255, "steps": 3})]
+    (call,) = recorder.calls
+    assert call["loss"] is method.attack_objective and call["random_start"] == "normal"
+    assert not call["student_training"] and not method.robust_teacher.training
+    assert (call["eps"], call["alpha"], call["steps"]) == (8 / 255, 2 / 255, 3)
     s_adv, s_nat = student_train_logits(method, recorder.x_adv, x)
     t_adv, t_nat = teacher_logits(method.robust_teacher, recorder.x_adv, x)
     expected = 0.5 * kl_exact(softmax(t_adv), softmax(s_adv)).mean() + 0.5 * kl_exact(softmax(t_nat), softmax(s_nat)).mean()
@@ -327,7 +325,8 @@ def test_adaad_attack_is_pgd_on_the_student_teacher_kl():
     x, _ = batch(B=4)
     eps, alpha = 8 / 255, 2 / 255
     torch.manual_seed(7)
-    got = adaad_mod.adaad_attack(student, teacher, x, eps=eps, alpha=alpha, steps=3)
+    got = pgd(student, x, torch.zeros(4, dtype=torch.long), eps=eps, alpha=alpha, steps=3, random_start="normal",
+              loss=adaad_mod.TeacherStudentKL(teacher))
     # the same loop written out: start x + 0.001·N(0, I), ascend Σ KL(T(x')‖S(x')) through both models
     torch.manual_seed(7)
     x_adv = (x + 0.001 * torch.randn(x.shape)).clamp(0, 1)
@@ -352,7 +351,7 @@ def test_mtard_step_and_weight_rule(monkeypatch):
     method.start_epoch(1)
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(mtard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     (call,) = recorder.calls
     assert call["loss"] == "ce" and call["random_start"] == "normal" and not call["student_training"]
@@ -388,7 +387,7 @@ def test_bmtard_step_temperature_and_weight_rules(monkeypatch):
     method.tau_nat.fill_(3.0)
     x, y = batch()
     recorder = AttackRecorder(method.student, x)
-    monkeypatch.setattr(mtard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     assert recorder.calls[0]["random_start"] == "normal" and recorder.calls[0]["loss"] == "ce"
     s_adv, s_nat = student_train_logits(method, recorder.x_adv, x)
@@ -430,7 +429,7 @@ def test_fair_ard_counts_robust_steps_and_reweights_classes(monkeypatch):
     x, y = batch(B=8)
     y = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     recorder = AttackRecorder(method.student, x, calls_model=3)  # 3 "PGD steps", each one forward
-    monkeypatch.setattr(ard_mod, "pgd", recorder)
+    monkeypatch.setattr(base_mod, "pgd", recorder)
     out = method.training_step(x, y)
     # ε as a tensor: the counting attack stays out of CUDA-graph capture (whose warm-up would count twice)
     assert isinstance(recorder.calls[0]["eps"], torch.Tensor)

@@ -14,7 +14,7 @@ from ciard_fast.attacks import (AdversarialCheckError, EvalReport, evaluate, Eva
                                 EvaluationWarning)
 from ciard_fast.attacks.checks import check_attack_ordering
 
-evaluate_module = importlib.import_module("ciard_fast.attacks.evaluate")
+columns_module = importlib.import_module("ciard_fast.attacks.columns")
 K = 4
 EPS = 2 / 255  # a radius where the columns differ on this data (at 8/255 everything is 0%)
 QUICK_AA = {"aa": {"attacks_to_run": ["apgd-ce"]}}
@@ -208,14 +208,14 @@ def test_a_broken_attack_is_asserted_not_logged(trained, monkeypatch):
     def out_of_ball(model, x, y, eps, **kwargs):
         return (x + 2 * eps).clamp(0, 1)
 
-    monkeypatch.setattr(evaluate_module, "pgd", out_of_ball)
+    monkeypatch.setattr(columns_module, "pgd", out_of_ball)
     with pytest.raises(AdversarialCheckError, match="pgd_sat: x_adv outside the ε-ball"):
         evaluate(model, (x[:16], y[:16]), attacks=("pgd_sat",), progress=False)
 
     def nan_attack(model, x, y, eps, **kwargs):
         return x * float("nan")
 
-    monkeypatch.setattr(evaluate_module, "fgsm", nan_attack)
+    monkeypatch.setattr(columns_module, "fgsm", nan_attack)
     with pytest.raises(AdversarialCheckError, match="fgsm: x_adv has .* non-finite"):
         evaluate(model, (x[:16], y[:16]), attacks=("fgsm",), progress=False)
 

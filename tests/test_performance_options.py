@@ -56,7 +56,7 @@ def run_step(method, x, y, precision):
 
 @pytest.mark.parametrize("precision,channels_last", [("fp32", True), ("bf16", False), ("bf16", True)])
 def test_bf16_and_channels_last_agree_with_fp32(monkeypatch, precision, channels_last):
-    monkeypatch.setattr("ciard_fast.methods.ciard.pgd", fixed_attack)
+    monkeypatch.setattr("ciard_fast.methods.base.pgd", fixed_attack)
     ref, ref_grads = run_step(ciard_on("cpu"), *batch("cpu"), "fp32")
     out, grads = run_step(ciard_on("cpu", channels_last), *batch("cpu", channels_last), precision)
     tol = 1e-5 if precision == "fp32" else 3e-2  # bf16 keeps 8 bits of mantissa

@@ -2,7 +2,8 @@
 
 - :func:`pgd` (``pgd.py``): L∞ PGD with CE / KL / CW losses, uniform or normal start.
 - :func:`fgsm` (``fgsm.py``), :func:`cw_inf` (``cw.py``), :func:`autoattack` (``autoattack.py``).
-- :func:`evaluate` (``evaluate.py``) -> :class:`EvalReport` (``report.py``): the standard table.
+- :func:`evaluate` (``evaluate.py``) -> :class:`EvalReport` (``report.py``): the standard table,
+  whose columns are registered entries (``columns.py``: :func:`register_attack` adds one).
 - ``checks.py``: the sanity checks of an evaluation; ``validate.py``: argument validation.
 
 Note: the submodules ``pgd``, ``fgsm`` and ``evaluate`` share their function's name; this package
@@ -13,6 +14,7 @@ from .autoattack import autoattack
 from .checks import (AdversarialCheckError, assert_valid_adversarial, check_eps_monotone, check_model_sanity,
                      check_steps_monotone, EvaluationCheckError, EvaluationWarning)
 from .cw import cw_inf
+from .columns import list_attacks, register_attack
 from .evaluate import ATTACKS, evaluate
 from .fgsm import fgsm
 from .objectives import cw_margin
@@ -22,5 +24,5 @@ from .report import EvalReport
 __all__ = [
     "pgd", "fgsm", "cw_inf", "autoattack", "evaluate", "EvalReport", "ATTACKS", "cw_margin",
     "AdversarialCheckError", "EvaluationCheckError", "EvaluationWarning", "assert_valid_adversarial",
-    "check_model_sanity", "check_steps_monotone", "check_eps_monotone",
+    "check_model_sanity", "check_steps_monotone", "check_eps_monotone", "list_attacks", "register_attack",
 ]

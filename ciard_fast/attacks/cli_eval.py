@@ -21,6 +21,7 @@ from fractions import Fraction
 import torch
 
 from .checks import EvaluationCheckError
+from .columns import list_attacks
 from .evaluate import ATTACKS
 
 __all__ = ["add_arguments", "run", "parse_eps", "read_checkpoint", "describe_normalization"]
@@ -57,7 +58,8 @@ def add_arguments(parser):
     parser.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: $CIARD_FAST_DATA)")
     parser.add_argument("--split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
     parser.add_argument("--attacks", default=",".join(ATTACKS),
-                        help=f"comma-separated columns from {','.join(ATTACKS)} (default: all)")
+                        help=f"comma-separated columns from {','.join(list_attacks())} (default: "
+                             f"{','.join(ATTACKS)})")
     parser.add_argument("--n", type=_positive_int, default=None, help="evaluate the first N examples (default: all)")
     parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
     parser.add_argument("--batch-size", type=_positive_int, default=256)

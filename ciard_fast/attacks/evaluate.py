@@ -12,45 +12,33 @@ import warnings
 import torch
 
 from ..version import __version__
-from .autoattack import AA_VERSIONS, autoattack, import_autoattack, standard_attacks
+from .autoattack import AA_VERSIONS, standard_attacks
 from .checks import (assert_valid_adversarial, check_attack_ordering, check_model_sanity, EvaluationCheckError,
                      EvaluationWarning)
-from .cw import cw_inf
-from .fgsm import fgsm
-from .pgd import pgd
+from .columns import BUILTIN, WORST, AttackContext, get_attack, list_attacks
 from .progress import Progress
 from .report import EvalReport
 from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_radius
 
 __all__ = ["evaluate", "ATTACKS", "DEFAULT_ATTACKS", "default_hyperparameters"]
 
-ATTACKS = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "aa")
+# The built-in columns (each a registered entry of attacks/columns.py, where new ones register).
+ATTACKS = BUILTIN
 DEFAULT_ATTACKS = ATTACKS
-# AutoAttack is by far the most expensive column and may run on a subset (see evaluate()), so it
-# runs last, once every other column of the batch is known.
-_ORDER = {name: i for i, name in enumerate(ATTACKS)}
-# What `attack_params` may change per column (FGSM's step is ε by definition; CW∞'s start and loss
-# are what make it CW∞).
-_OVERRIDABLE = {
-    "fgsm": {"eps"},
-    "pgd_sat": {"eps", "alpha", "steps", "random_start"},
-    "pgd_trades": {"eps", "alpha", "steps", "random_start"},
-    "cw": {"eps", "alpha", "steps", "kappa"},
-    "aa": {"eps", "version", "attacks_to_run", "batch_size", "norm", "seed"},
-}
 
 
 def default_hyperparameters(eps=8 / 255, seed=0):
-    """The settings of each column (EVALUATION.md "The standard table"); the step sizes are fixed."""
-    return {
-        "clean": {},
-        "fgsm": {"eps": eps, "alpha": eps, "steps": 1, "random_start": None, "loss": "ce"},
-        "pgd_sat": {"eps": eps, "alpha": 2 / 255, "steps": 20, "random_start": "uniform", "loss": "ce"},
-        "pgd_trades": {"eps": eps, "alpha": 0.003, "steps": 20, "random_start": "uniform", "loss": "ce"},
-        "cw": {"eps": eps, "alpha": 2 / 255, "steps": 30, "random_start": None, "loss": "cw", "kappa": 50.0},
-        "aa": {"eps": eps, "version": "standard", "attacks": standard_attacks("standard"), "norm": "Linf",
-               "seed": seed},
-    }
+    """The settings of every registered column (the standard table of docs/evaluation.md for the
+    built-in ones); the step sizes are fixed. FGSM's step is ε by definition; CW∞'s start and loss
+    are what make it CW∞, so `attack_params` cannot change them."""
+    params = {}
+    for name in list_attacks():
+        value = get_attack(name).defaults(eps, seed)
+        if not isinstance(value, dict):
+            raise TypeError(f"the defaults of evaluation column {name!r} must return a dict of hyperparameters, "
+                            f"got {type(value).__name__}; fix its register_attack(..., defaults=...)")
+        params[name] = dict(value)
+    return params
 
 
 class _CountingModel(torch.nn.Module):
@@ -157,8 +145,9 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
             (x, y) batches such as ``DeviceLoader(dataset, batch_size)``.
         attacks: column names (a sequence or a comma-separated string) from "clean", "fgsm",
             "pgd_sat" (20 × 2/255, uniform start), "pgd_trades" (20 × 0.003, uniform start), "cw"
-            (CW∞, 30 × 2/255, κ = 50, zero init), "aa" (AutoAttack standard). "clean" is always
-            reported. Default: all six.
+            (CW∞, 30 × 2/255, κ = 50, zero init), "aa" (AutoAttack standard) and any column
+            registered with `ciard_fast.attacks.columns.register_attack`. "clean" is always
+            reported. Default: the six built-in ones.
         eps: L∞ radius in [0, 1]. Default 8/255. Step sizes stay those of the table.
         batch_size: examples per batch for a dataset or tuple (a loader keeps its own). Default 256.
         n: evaluate only the first n examples (None: all).
@@ -194,8 +183,7 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     attacks = list(attacks)
     for name in attacks:
-        if name not in ATTACKS:
-            raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+        get_attack(name)
     if len(set(attacks)) != len(attacks):
         raise ValueError(f"attacks lists a column twice: {attacks}")
     if isinstance(eps, torch.Tensor):
@@ -208,12 +196,14 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         raise TypeError(f"seed must be an int, got {seed!r}")
     device = _resolve_device(model, device)
 
-    columns = sorted(set(attacks) | {"clean"}, key=_ORDER.get)
+    entries = {name: get_attack(name) for name in set(attacks) | {"clean"}}
+    columns = sorted(entries, key=lambda c: entries[c].order)
     params = default_hyperparameters(eps, seed)
+    registered = set(params)
     for column, overrides in (attack_params or {}).items():
-        if column not in ATTACKS or column == "clean":
+        allowed = set(get_attack(column).overridable) if column in registered else set()
+        if not allowed:
             raise ValueError(f"attack_params names unknown or parameter-free column {column!r}")
-        allowed = _OVERRIDABLE[column]
         unknown = set(overrides) - allowed
         if unknown:
             raise ValueError(f"attack_params[{column!r}] cannot set {sorted(unknown)}; "
@@ -228,31 +218,34 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     skipped = {}
     notes = ["worst: an example is robust only if it is classified correctly under every column; every column is "
              "computed on every example (its own accuracy)"]
-    if "aa" in columns:
+    for column in list(columns):
+        if entries[column].available is None:
+            continue
         try:
-            import_autoattack()
+            entries[column].available()
         except ImportError as err:
             if strict:
                 raise
-            skipped["aa"] = str(err)
-            message = f"AutoAttack column skipped: {err}"
+            skipped[column] = str(err)
+            what = "AutoAttack" if column == "aa" else entries[column].label
+            message = f"{what} column skipped: {err}"
             found.append(message)
             warnings.warn(message, EvaluationWarning, stacklevel=2)
-            columns.remove("aa")
-            del hyper["aa"]
-        else:
-            if aa_on_robust_only:
-                hyper["aa"]["subset"] = "robust to all other columns"
-                notes.append("aa: AutoAttack ran only on the examples robust to every other column, so the AA column "
-                             "is the accuracy under AA and all other columns together (equal to worst)")
-            version = hyper["aa"]["version"]
-            if version == "custom" or hyper["aa"]["attacks"] != standard_attacks(version):
-                notes.append(f"aa: only {hyper['aa']['attacks']} were run — not AutoAttack's {hyper['aa']['version']} "
-                             f"number")
+            columns.remove(column)
+            del hyper[column]
+    if "aa" in columns:
+        if aa_on_robust_only:
+            hyper["aa"]["subset"] = "robust to all other columns"
+            notes.append("aa: AutoAttack ran only on the examples robust to every other column, so the AA column "
+                         "is the accuracy under AA and all other columns together (equal to worst)")
+        version = hyper["aa"]["version"]
+        if version == "custom" or hyper["aa"]["attacks"] != standard_attacks(version):
+            notes.append(f"aa: only {hyper['aa']['attacks']} were run — not AutoAttack's {hyper['aa']['version']} "
+                         f"number")
 
     counted = _CountingModel(model)
-    generators = {c: torch.Generator(device=device).manual_seed(seed + 1000 * i) for i, c in enumerate(ATTACKS)}
-    correct = {c: torch.zeros((), dtype=torch.long, device=device) for c in columns + ["worst"]}
+    generators = {c: torch.Generator(device=device).manual_seed(seed + 1000 * entries[c].seed_index) for c in columns}
+    correct = {c: torch.zeros((), dtype=torch.long, device=device) for c in columns + [WORST]}
     forwards = {c: 0 for c in columns}
     seconds = {c: 0.0 for c in columns}
     total = 0
@@ -279,30 +272,12 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
             t0 = time.perf_counter()
             before = counted.examples
             p = hyper[column]
-            if column == "clean":
-                x_adv = xb
-            elif column == "fgsm":
-                x_adv = fgsm(counted, xb, yb, eps=p["eps"])
-            elif column in ("pgd_sat", "pgd_trades"):
-                x_adv = pgd(counted, xb, yb, eps=p["eps"], alpha=p["alpha"], steps=p["steps"],
-                            random_start=p["random_start"], loss=p["loss"], generator=generators[column])
-            elif column == "cw":
-                x_adv = cw_inf(counted, xb, yb, eps=p["eps"], alpha=p["alpha"], steps=p["steps"], kappa=p["kappa"])
-            else:  # aa
-                aa_kwargs = dict(eps=p["eps"], version=p["version"], seed=p["seed"], norm=p["norm"],
-                                 batch_size=p.get("batch_size", batch_size))
-                if p["version"] == "custom" or p["attacks"] != standard_attacks(p["version"]):
-                    aa_kwargs["attacks_to_run"] = p["attacks"]
-                if aa_on_robust_only:
-                    # Boolean indexing syncs; this is evaluation, not a training step.
-                    idx = robust.nonzero().squeeze(1)
-                    x_adv = xb.clone()
-                    if idx.numel():
-                        x_adv[idx] = autoattack(counted, xb[idx], yb[idx], **aa_kwargs)
-                else:
-                    x_adv = autoattack(counted, xb, yb, **aa_kwargs)
+            context = AttackContext(generator=generators[column], robust=robust, batch_size=batch_size,
+                                    robust_only=aa_on_robust_only and column == "aa")
+            x_adv = entries[column].run(counted, xb, yb, p, context)
             if column != "clean":
-                assert_valid_adversarial(x_adv, xb, p["eps"], name=column)
+                # every column's images are checked against the threat model before they are scored
+                assert_valid_adversarial(x_adv, xb, p.get("eps", eps), name=column)
             with torch.no_grad():
                 ok = counted(x_adv).argmax(dim=1) == yb
             if column == "aa" and aa_on_robust_only:
@@ -313,7 +288,7 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
             _sync(device)
             seconds[column] += time.perf_counter() - t0
             bar.update(1, column)
-        correct["worst"] += robust.sum()
+        correct[WORST] += robust.sum()
         total += xb.shape[0]
     bar.close()
     if total == 0:

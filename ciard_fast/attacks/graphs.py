@@ -10,8 +10,9 @@ Why replay is exact: the graph reads the model's parameters and BN buffers in pl
 every optimiser update; the random start draws from the default CUDA generator, which is graph-
 safe (each replay advances its Philox offset); nothing in the loop synchronises with the host.
 Requirements, checked here, else the eager loop runs: CUDA inputs, no explicit `generator`,
-Python-number ε/α, an `nn.Module`. Autocast's weight cache must be off during capture (the engine
-opens autocast with cache_enabled=False when graphs are on). A capture that fails falls back to
+Python-number ε/α, an `nn.Module` (and an `nn.Module` objective when the loss is a callable; the
+objective object and its modules' modes are part of the key). Autocast's weight cache must be off
+during capture (the engine opens autocast with cache_enabled=False when graphs are on). A capture that fails falls back to
 the eager loop with one warning.
 """
 import contextlib
@@ -43,15 +44,25 @@ def clear():
 
 def _key(model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa):
     autocast = torch.is_autocast_enabled("cuda")
+    if callable(loss):
+        # The objective object itself (hashed by identity, and kept alive by the cache so its id
+        # cannot be reused) and the modes of the modules it evaluates: a teacher switched between
+        # train and eval mode is a different computation.
+        modes = tuple(m.training for m in loss.modules()) if isinstance(loss, torch.nn.Module) else None
+        loss = ("objective", loss, modes)
     return (id(model), model.training, tuple(x.shape), x.dtype, x.stride(), x.device, tuple(y.shape), float(eps),
             float(alpha), int(steps), random_start, loss, float(kappa),
             None if target_logits is None else (tuple(target_logits.shape), target_logits.dtype),
             autocast, torch.get_autocast_dtype("cuda") if autocast else None)
 
 
-def applicable(x, eps, alpha, generator, model):
+def applicable(x, eps, alpha, generator, model, loss="ce"):
+    """Whether this PGD call can be captured. A callable objective must be an ``nn.Module``: its
+    state is then parameters and buffers, which a replay reads in place; a plain function might
+    close over per-step tensors that a replay would not see, so it runs eagerly."""
     return (_enabled and x.is_cuda and generator is None and isinstance(model, torch.nn.Module)
-            and not isinstance(eps, torch.Tensor) and not isinstance(alpha, torch.Tensor))
+            and not isinstance(eps, torch.Tensor) and not isinstance(alpha, torch.Tensor)
+            and (isinstance(loss, str) or isinstance(loss, torch.nn.Module)))
 
 
 def graphed_pgd(run, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa):

@@ -11,10 +11,10 @@ from .. import kernels
 from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
-from .validate import (check_choice, check_images, check_kappa, check_labels, check_labels_in_range, check_model,
-                       check_radius, check_step_size, check_steps, check_target_logits)
+from .validate import (_describe, check_choice, check_images, check_kappa, check_labels, check_labels_in_range,
+                       check_model, check_radius, check_step_size, check_steps, check_target_logits)
 
-__all__ = ["pgd", "RANDOM_STARTS", "LOSSES"]
+__all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
 
 RANDOM_STARTS = ("uniform", "normal", None)
 LOSSES = OBJECTIVES
@@ -44,7 +44,16 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
             attack; with loss="kl" and target_logits = model(x) the gradient at x is zero, so use
             "normal" there). The start is clamped to [0, 1] but not projected (σ = 0.001 < ε).
         loss: "ce" — ascend Σ CE(model(x'), y); "kl" — ascend Σ KL(softmax(target_logits) ‖
-            softmax(model(x'))); "cw" — minimise Σ max(Z_y − max_{j≠y} Z_j, −κ).
+            softmax(model(x'))); "cw" — minimise Σ max(Z_y − max_{j≠y} Z_j, −κ); or an objective
+            callable ``objective(logits, x_adv) -> 0-d tensor`` to ascend, where logits =
+            model(x_adv) [B, K] and x_adv [B, C, H, W] is the current iterate (with gradient), so
+            an objective can evaluate another model at x' and differentiate through it (AdaAD's
+            teacher). If the callable is an ``nn.Module`` its parameters are frozen like the
+            model's for the attack and its train/eval mode is used as found. Under
+            `cuda_graphs()` only an ``nn.Module`` objective is captured (its state is parameters
+            and buffers, read in place by a replay; a plain function runs eagerly) and the object
+            is part of the graph key: create it once (e.g. in a method's ``__init__``), not per
+            step, or every step captures a new graph.
             Every loss is summed over the batch and computed in float32. The sign step makes sum
             and mean identical in exact arithmetic; under autocast the sum keeps small per-example
             gradients representable where a mean (÷B) could round them to zero.
@@ -76,17 +85,27 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
         check_step_size(alpha, x.shape[0], "alpha")
         steps = check_steps(steps)
         check_choice(random_start, "random_start", RANDOM_STARTS)
-        check_choice(loss, "loss", LOSSES)
+        check_loss(loss)
         kappa = check_kappa(kappa)
         if loss == "kl":
             check_target_logits(target_logits, x.shape[0])
             check_labels_in_range(y, target_logits.shape[1])
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-    if graphs.applicable(x, eps, alpha, generator, model):
+    if graphs.applicable(x, eps, alpha, generator, model, loss):
         return graphs.graphed_pgd(run_pgd, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa)
     return run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa, generator,
                    check_label_range=validate and loss != "kl")
+
+
+def check_loss(loss):
+    """`loss` must be one of LOSSES or a callable objective(logits, x_adv) -> 0-d tensor."""
+    if callable(loss):
+        return loss
+    if isinstance(loss, str):
+        return check_choice(loss, "loss", LOSSES)
+    raise TypeError(f"loss must be one of {', '.join(map(repr, LOSSES))} or a callable objective(logits, x_adv) "
+                    f"-> 0-d tensor, got {type(loss).__name__}")
 
 
 def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=None, kappa=50.0, generator=None,
@@ -106,7 +125,8 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
     if loss == "kl":
         target_logits = target_logits.detach()
 
-    with frozen_parameters(model), torch.enable_grad():
+    custom = callable(loss)
+    with frozen_parameters(model), frozen_parameters(loss if custom else None), torch.enable_grad():
         for step in range(steps):
             x_adv.requires_grad_(True)
             logits = model(x_adv)
@@ -117,7 +137,13 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
                                      f"{tuple(logits.shape)}")
                 if check_label_range:
                     check_labels_in_range(y, logits.shape[1])
-            if loss == "ce":
+            if custom:
+                objective = loss(logits, x_adv)
+                if step == 0 and not (isinstance(objective, torch.Tensor) and objective.dim() == 0):
+                    # A type and a shape, not a value: no host sync.
+                    raise ValueError(f"the objective callable {loss!r} must return a 0-d tensor to ascend (e.g. a sum "
+                                     f"over the batch), got {_describe(objective)}")
+            elif loss == "ce":
                 objective = ce_objective(logits, y)
             elif loss == "kl":
                 objective = kl_objective(logits, target_logits)

@@ -1,22 +1,11 @@
 """The result of :func:`ciard_fast.evaluate`: accuracies, hyperparameters, costs, findings."""
 import dataclasses
 import json
-import os
 
 from ..atomic import write_text_atomic
+from ..tables import column_label, order_columns, render_table
 
-__all__ = ["EvalReport", "COLUMN_LABELS", "format_eps"]
-
-# Column key -> heading (EVALUATION.md "The standard table").
-COLUMN_LABELS = {
-    "clean": "Clean",
-    "fgsm": "FGSM",
-    "pgd_sat": "PGD-SAT",
-    "pgd_trades": "PGD-TRADES",
-    "cw": "CW∞",
-    "aa": "AA",
-    "worst": "Worst",
-}
+__all__ = ["EvalReport", "format_eps"]
 
 
 def format_eps(eps):
@@ -80,8 +69,7 @@ class EvalReport:
     @property
     def columns(self):
         """Column keys in table order (those that were run)."""
-        return [c for c in COLUMN_LABELS if c in self.accuracy] + \
-            [c for c in self.accuracy if c not in COLUMN_LABELS]
+        return order_columns(self.accuracy)
 
     def forwards_per_example(self, column):
         return self.forwards[column] / self.n if self.n else 0.0
@@ -89,29 +77,28 @@ class EvalReport:
     def to_markdown(self):
         """The accuracy table (percent), then one row per attack with its settings and cost."""
         cols = self.columns
-        head = " | ".join(COLUMN_LABELS.get(c, c) for c in cols)
         lines = [
             f"Robust accuracy (%), n = {self.n}, L∞ ε = {format_eps(self.eps)}, device {self.device}"
             + (f", model {self.model}" if self.model else ""),
             "",
-            f"| {head} |",
-            "| " + " | ".join("---:" for _ in cols) + " |",
-            "| " + " | ".join(f"{100 * self.accuracy[c]:.2f}" for c in cols) + " |",
-            "",
-            "| attack | accuracy (%) | correct / n | hyperparameters | forwards / example | time (s) |",
-            "| --- | ---: | ---: | --- | ---: | ---: |",
         ]
+        lines += render_table([column_label(c) for c in cols], [[f"{100 * self.accuracy[c]:.2f}" for c in cols]],
+                              align=["right"] * len(cols))
+        rows = []
         for c in cols:
             params = self.hyperparameters.get(c) or {}
             shown = ", ".join(f"{k}={_format_value(v)}" for k, v in params.items()) or "—"
             fwd = f"{self.forwards_per_example(c):.1f}" if c in self.forwards else "—"
             sec = f"{self.seconds[c]:.2f}" if c in self.seconds else "—"
-            lines.append(f"| {COLUMN_LABELS.get(c, c)} | {100 * self.accuracy[c]:.2f} | {self.correct[c]} / {self.n} "
-                         f"| {shown} | {fwd} | {sec} |")
+            rows.append([column_label(c), f"{100 * self.accuracy[c]:.2f}", f"{self.correct[c]} / {self.n}", shown, fwd,
+                         sec])
+        lines.append("")
+        lines += render_table(["attack", "accuracy (%)", "correct / n", "hyperparameters", "forwards / example",
+                               "time (s)"], rows, align=["left", "right", "right", "left", "right", "right"])
         lines.append("")
         lines.append(f"Total time {self.total_seconds:.2f} s.")
         for c, reason in self.skipped.items():
-            lines.append(f"Skipped {COLUMN_LABELS.get(c, c)}: {reason}")
+            lines.append(f"Skipped {column_label(c)}: {reason}")
         if self.notes:
             lines.append("")
             lines.extend(f"Note: {note}" for note in self.notes)

@@ -12,7 +12,7 @@ from .dataset import SPLITS, ImageDataset
 from .download import ChecksumError, DatasetNotFoundError
 from .factory import make_loader
 from .loader import DeviceLoader
-from .registry import default_root, list_datasets, load_dataset
+from .registry import default_root, list_datasets, load_dataset, register_dataset
 
 __all__ = [
     "ChecksumError",
@@ -24,5 +24,6 @@ __all__ = [
     "default_root",
     "list_datasets",
     "load_dataset",
+    "register_dataset",
     "make_loader",
 ]

@@ -4,27 +4,48 @@ import os
 
 import torch
 
+from ..registry import Registry
 from . import cifar, digits, synthetic, tinyimagenet
 from .dataset import SPLITS, ImageDataset, carve_validation
 
 # name -> (loader(root, part, download, **kw) -> (images, labels, meta), default val_size or None
-# meaning "computed from kw", accepted extra kwargs)
-_DATASETS = {
-    "cifar10": (lambda root, part, download: cifar.load("cifar10", root, part, download), 1000, ()),
-    "cifar100": (lambda root, part, download: cifar.load("cifar100", root, part, download), 1000, ()),
-    "tinyimagenet": (tinyimagenet.load, 1000, ()),
-    "digits": (lambda root, part, download: digits.load(part), 300, ()),
-    "synthetic": (
-        lambda root, part, download, **kw: synthetic.load(part, **kw),
-        None,
-        ("num_samples", "num_test", "image_size", "num_classes", "channels", "noise", "data_seed"),
-    ),
-}
+# meaning "a tenth of the training set", accepted extra kwargs); see register_dataset
+DATASETS = Registry("dataset")
+
+
+def register_dataset(name, loader=None, val_size=None, accepted=()):
+    """Register ``loader(root, part, download, **kw) -> (images, labels, meta)`` as dataset `name`.
+
+    `part` is "train" or "test"; images uint8 numpy [N, H, W, C], labels int64 [N], meta a dict
+    with "num_classes", "mean" and "std". `val_size`: the default number of validation images
+    carved from train (None: a tenth). `accepted`: names of the extra keyword arguments the
+    loader takes (anything else is a TypeError naming them). Usable as a decorator
+    (``@register_dataset("mine")``) or directly; returns the loader.
+    """
+    if val_size is not None and (isinstance(val_size, bool) or not isinstance(val_size, numbers.Integral)
+                                 or val_size < 0):
+        raise ValueError(f"register_dataset({name!r}): val_size must be an int >= 0 or None, got {val_size!r}")
+
+    def decorator(fn):
+        if not callable(fn):
+            raise TypeError(f"register_dataset({name!r}) needs a callable loader, got {fn!r}")
+        DATASETS.register(name, (fn, val_size, tuple(accepted)))
+        return fn
+
+    return decorator if loader is None else decorator(loader)
+
+
+register_dataset("cifar10", lambda root, part, download: cifar.load("cifar10", root, part, download), 1000)
+register_dataset("cifar100", lambda root, part, download: cifar.load("cifar100", root, part, download), 1000)
+register_dataset("tinyimagenet", tinyimagenet.load, 1000)
+register_dataset("digits", lambda root, part, download: digits.load(part), 300)
+register_dataset("synthetic", lambda root, part, download, **kw: synthetic.load(part, **kw), None,
+                 ("num_samples", "num_test", "image_size", "num_classes", "channels", "noise", "data_seed"))
 
 
 def list_datasets():
     """Names ``load_dataset`` accepts."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def default_root() -> str:
@@ -52,11 +73,9 @@ def load_dataset(name: str, root: str = None, split: str = "train", val_size: in
         **kw: synthetic only: num_samples, num_test, image_size, num_classes, channels, noise,
             data_seed (see ``synthetic.load``).
     """
-    if name not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(list_datasets())}")
+    loader, default_val, accepted = DATASETS.get(name)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-    loader, default_val, accepted = _DATASETS[name]
     unknown = sorted(set(kw) - set(accepted))
     if unknown:
         hint = f"it accepts {', '.join(accepted)}" if accepted else "it takes no extra arguments"

@@ -20,6 +20,7 @@ import torch
 from ..config import TrainConfig, build_config, derive_config
 from ..methods import AttackSettings, get_method
 from ..models import load_weights
+from ..tables import column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
@@ -242,16 +243,10 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
 
 
 def _markdown_table(rows, config):
-    columns = []
-    for metrics in rows.values():
-        columns.extend(k for k in metrics if k not in columns)
-    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}",
-             "",
-             "| model | " + " | ".join(columns) + " |",
-             "| --- | " + " | ".join("---:" for _ in columns) + " |"]
-    for name, metrics in rows.items():
-        cells = [f"{metrics[c]:.2f}" if c in metrics else "—" for c in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    columns = order_columns(k for metrics in rows.values() for k in metrics)
+    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}", ""]
+    body = [[name] + [format_accuracy(metrics.get(c)) for c in columns] for name, metrics in rows.items()]
+    lines += render_table(["model"] + [column_label(c) for c in columns], body)
     return "\n".join(lines) + "\n"
 
 

@@ -24,16 +24,16 @@ import time
 import warnings
 
 from ..config import FIELD_NAMES, build_config, list_presets
-from ..methods import get_method, list_methods
+from ..methods import get_method
 from ..atomic import save_torch_atomic, write_text_atomic
+from ..tables import column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
                        teacher_spec)
 
-# column key -> header, in the order of EVALUATION.md's table
-COLUMNS = {"clean": "Clean", "fgsm": "FGSM", "pgd_sat": "PGD-SAT", "pgd_trades": "PGD-TRADES", "cw": "CW∞",
-           "aa": "AA", "worst": "Worst"}
 ROW_FILE = "compare_row.json"
+# the entries of a row that are not accuracy columns (see _run_method)
+_ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "student", "out_dir")
 # What every method shares with the base config even when it starts from its own preset: the data,
 # the seed, the evaluation, and the teachers' architecture (their weights are shared).
 SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps",
@@ -147,10 +147,8 @@ def _method_names(methods):
     names = list(methods)
     if not names:
         raise ValueError("compare needs at least one method, e.g. methods='ciard,rslad'")
-    valid = list_methods()
     for name in names:
-        if name not in valid:
-            raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(valid)}")
+        get_method(name)  # ValueError naming the valid methods and close matches
     if len(set(names)) != len(names):
         raise ValueError(f"a method is listed twice: {names}")
     return names
@@ -261,18 +259,18 @@ def _run_method(config, reuse, teacher_times):
 
 def markdown_table(result):
     """The comparison as Markdown: one row per method, attack columns in EVALUATION.md's order."""
-    present = [c for c in COLUMNS if any(c in row for row in result.rows.values())]
+    present = order_columns(c for row in result.rows.values() for c in row if c not in _ROW_FIELDS)
     config = result.config
     lines = [f"Test accuracy (%) at eps = {config['eps'] * 255:.3g}/255 on {config['dataset']}"
              + (f" ({config['test_n']} test images)" if config.get("test_n") else ""),
-             "",
-             "| method | student | " + " | ".join(COLUMNS[c] for c in present) + " | train time (s) | img/s |",
-             "| --- | --- | " + " | ".join("---:" for _ in present) + " | ---: | ---: |"]
+             ""]
+    body = []
     for name, row in result.rows.items():
-        cells = [f"{row[c]:.2f}" if c in row else "—" for c in present]
         seconds = row.get("train_seconds", 0.0)
-        lines.append(f"| {name} | {row.get('student', '')} | " + " | ".join(cells)
-                     + f" | {seconds:.{1 if seconds >= 10 else 2}f} | {row.get('images_per_s', 0.0):.0f} |")
+        body.append([name, row.get("student", "")] + [format_accuracy(row.get(c)) for c in present]
+                    + [f"{seconds:.{1 if seconds >= 10 else 2}f}", f"{row.get('images_per_s', 0.0):.0f}"])
+    lines += render_table(["method", "student"] + [column_label(c) for c in present] + ["train time (s)", "img/s"],
+                          body, align=["left", "left"] + ["right"] * (len(present) + 2))
     if result.teachers:
         lines += ["", "Teachers: " + ", ".join(f"{k} = {v}" for k, v in result.teachers.items())]
     for note in result.notes:

@@ -18,18 +18,16 @@ Following the public code (`adaad_inner_loss` and the training loop of the AdaAD
     any other number of classes (our generalisation of its two cases).
   * S(x) is always computed in train mode (BN statistics see the clean batch), without a graph
     when α = 1; T(x) only when 1 − α > 0.
-The teacher-dependent objective is not one of `pgd`'s losses (its "kl" target is fixed), so the
-loop is written here from the same primitives (random start, fused step).
+The teacher-dependent objective is `pgd`'s callable-objective form (`TeacherStudentKL`): the
+attack is the library's one PGD loop (validation, random start, fused step, CUDA graph).
 """
 import dataclasses
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from .. import kernels
-from ..attacks._common import frozen_parameters
-from ..attacks.pgd import NORMAL_START_SIGMA
 from . import register_method
 from .ard import kl_divergence
 from .base import Method, freeze
@@ -42,22 +40,19 @@ def adaad_objective(s_logits, t_logits):
     return (log_p.exp() * (log_p - log_q)).sum()
 
 
-def adaad_attack(student, teacher, x, eps=8 / 255, alpha=2 / 255, steps=10, generator=None):
-    """AdaAD's inner maximisation (see the module docstring). Both models are used in the mode
-    they are in (the caller puts them in eval mode); their parameters get no gradient.
+class TeacherStudentKL(nn.Module):
+    """AdaAD's inner maximisation as a `pgd` objective: ``objective(s_logits, x_adv)`` =
+    Σ KL(softmax(T(x_adv)) ‖ softmax(s_logits)), the teacher evaluated at the iterate with the
+    gradient through it (`adaad_objective`). The teacher is used in the mode it is in; `pgd`
+    freezes its parameters for the attack. A module, created once per method, so the CUDA-graph
+    cache keys one objective (attacks/graphs.py)."""
 
-    x: [B, C, H, W] in [0, 1]. Returns x' (detached), ‖x' − x‖∞ ≤ ε, values in [0, 1].
-    """
-    x0 = x.detach()
-    x_adv = kernels.pgd_random_start(x0, eps, kind="normal", sigma=NORMAL_START_SIGMA, generator=generator)
-    with frozen_parameters(student), frozen_parameters(teacher), torch.enable_grad():
-        for _ in range(steps):
-            x_adv.requires_grad_(True)
-            objective = adaad_objective(student(x_adv), teacher(x_adv))
-            (grad,) = torch.autograd.grad(objective, x_adv)
-            x_adv = x_adv.detach()
-            kernels.pgd_step(x_adv, x0, grad, eps, alpha, out=x_adv)
-    return x_adv
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def forward(self, s_logits, x_adv):
+        return adaad_objective(s_logits, self.teacher(x_adv))
 
 
 def adaad_loss(s_adv, s_nat, t_adv, t_nat, adv_weight=1.0, kd_scale=1.0):
@@ -76,6 +71,7 @@ class AdaAD(Method):
     milestones = (100, 150)
     needs_robust_teacher = True
     needs_clean_teacher = False
+    preset_overrides = {"weight_decay": 5e-4, "method_args": {"adv_weight": 1.0}}  # the AdaAD code's weight decay
 
     @dataclasses.dataclass
     class Options:
@@ -94,6 +90,7 @@ class AdaAD(Method):
         else:
             self.kd_scale = float(opt.kd_scale)
         freeze(self.robust_teacher)
+        self.attack_objective = TeacherStudentKL(self.robust_teacher)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
@@ -102,9 +99,8 @@ class AdaAD(Method):
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher
         alpha = self.options.adv_weight
-        S.eval()
-        x_adv = adaad_attack(S, T, x, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps)
-        S.train()
+        # student in eval mode, teacher frozen (eval); from x + 0.001·N(0, I) unless configured
+        x_adv = self.attack_student(x, y, loss=self.attack_objective, default_start="normal")
         s_adv = S(x_adv)
         with torch.set_grad_enabled(alpha != 1.0):
             s_nat = S(x)

@@ -6,10 +6,12 @@ backpropagates `out["loss"]`, steps the student's optimiser, then calls `after_o
 it never knows which method it runs. Everything a method keeps between steps (temperatures,
 weights, initial losses) is a device tensor so a step never waits on the host.
 """
+import contextlib
 import dataclasses
 
 import torch
 
+from ..attacks.pgd import pgd
 from ..schedules import step_lr
 
 
@@ -19,8 +21,10 @@ RANDOM_STARTS = ("default", "uniform", "normal", "none")
 @dataclasses.dataclass
 class AttackSettings:
     """The training-time inner maximisation (PGD on the student): L∞ radius, step, steps, and
-    the random start ("default": the method's own — x + 0.001·N(0,I) for CIARD/TRADES/RSLAD,
-    uniform in the ε-ball for SAT/ARD; "none" makes the attack deterministic)."""
+    the random start ("default": the method's own `Method.attack_start` — x + 0.001·N(0,I) for
+    CIARD/TRADES/RSLAD/AdaAD/MTARD/B-MTARD, uniform in the ε-ball for SAT/ARD/IAD/Fair-ARD;
+    "uniform"/"normal" force that kind for every method; "none" starts at x, deterministic).
+    Every method attacks through `Method.attack_student`, which applies it."""
 
     eps: float = 8 / 255
     alpha: float = 2 / 255
@@ -42,6 +46,19 @@ def _identity(tensor):
     return tensor
 
 
+@contextlib.contextmanager
+def module_mode(module, training):
+    """Put `module` (and every submodule) in train (`training=True`) or eval mode for the block,
+    then restore each submodule's previous mode exactly, also when the block raises."""
+    previous = [(m, m.training) for m in module.modules()]
+    module.train(training)
+    try:
+        yield module
+    finally:
+        for m, mode in previous:
+            m.training = mode
+
+
 def freeze(model):
     """A teacher that must not change: eval mode (BN statistics frozen), no parameter gradients."""
     model.eval()
@@ -56,15 +73,24 @@ class Method:
     Class attributes:
       name: registry name.  paper_epochs: the length its schedules were written for.
       needs_robust_teacher / needs_clean_teacher: which teachers the engine must provide.
+      attack_start: the method's own random start of the training attack, "normal"
+        (x + 0.001·N(0, I)) or "uniform" (U(−ε, ε)); `attack_random_start` in the config overrides it.
+      preset_overrides: what the method's own presets (``<dataset>-<student>-<method>``, generated
+        from every ``<dataset>-<student>`` preset) change in their base: its paper schedule
+        (``epochs``), lr / weight decay where they differ, spelled-out ``method_args``.
+        preset_overrides_by_dataset: dataset name -> further changes for that dataset only.
       Options: a dataclass of the method's own hyperparameters (config key `method_args`).
     """
 
     name = "base"
+    attack_start = "normal"  # the default random start of the training attack (see attack_student)
     paper_epochs = 300
     milestones = None        # paper epochs of the ×0.1 lr steps; None: override student_lr
     state_tensors = ()       # attribute names of device tensors checkpointed as they are
     needs_robust_teacher = False
     needs_clean_teacher = False
+    preset_overrides = {}
+    preset_overrides_by_dataset = {}
 
     @dataclasses.dataclass
     class Options:
@@ -140,6 +166,36 @@ class Method:
             getattr(self, key).copy_(state[key])
 
     # ---- helpers for subclasses ------------------------------------------------------------
+    @property
+    def attack_train_mode(self):
+        """True: attack the student with BN in train mode (ARD's public code); default eval mode."""
+        return False
+
+    def attack_student(self, x, y, loss="ce", target_logits=None, default_start=None, model=None, eps=None):
+        """The training attack: PGD on the student, the one place every method attacks from.
+
+        The student is in eval mode for the attack (train mode when `attack_train_mode`) and gets
+        back the mode of every submodule it had, even when the attack raises. eps/alpha/steps come
+        from `self.attack`; the random start is `self.attack.start(default_start)`, i.e. the
+        configured `attack_random_start` or, for "default", `default_start` (None: the class's
+        `attack_start`). No argument validation (`validate=False`): no host sync.
+
+        Args:
+            x: [B, C, H, W] in [0, 1]; y: [B] int64.
+            loss: "ce", "kl" (needs `target_logits` [B, K]), "cw", or an objective callable
+                ``objective(logits, x_adv) -> 0-d tensor`` (see :func:`ciard_fast.attacks.pgd`).
+            model: what PGD differentiates (default the student), e.g. a wrapper that counts
+                per-step statistics (Fair-ARD); the mode switch always applies to the student.
+            eps: radius override (default `self.attack.eps`), e.g. a device tensor.
+
+        Returns x_adv (detached), like x, within ε of x and in [0, 1].
+        """
+        start = self.attack.start(self.attack_start if default_start is None else default_start)
+        with module_mode(self.student, self.attack_train_mode):
+            return pgd(self.student if model is None else model, x, y, eps=self.attack.eps if eps is None else eps,
+                       alpha=self.attack.alpha, steps=self.attack.steps, random_start=start, loss=loss,
+                       target_logits=target_logits, validate=False)
+
     def global_mean(self, *values):
         """Batch means over the global batch (all ranks); the inputs themselves when single-process.
 

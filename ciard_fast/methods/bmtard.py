@@ -35,6 +35,7 @@ from .mtard import MTARD
 @register_method
 class BMTARD(MTARD):
     name = "bmtard"
+    preset_overrides = {"method_args": {"eta_tau": 0.001, "eta_w": 0.025}}
 
     @dataclasses.dataclass
     class Options:

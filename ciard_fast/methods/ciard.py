@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 from .. import losses
-from ..attacks.pgd import pgd
 from ..schedules import ciard_student_lr, ciard_teacher_lr, step_decay_factor
 from . import register_method
 from .base import Method, freeze
@@ -98,10 +97,7 @@ class CIARD(Method):
         opt = self.options
 
         # Step 1: PGD-CE on the student in eval mode, from x + 0.001·N(0, I).
-        S.eval()
-        x_adv = pgd(S, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start=self.attack.start("normal"), loss="ce", validate=False)
-        S.train()
+        x_adv = self.attack_student(x, y, loss="ce", default_start="normal")
 
         # Step 2: forwards. N always frozen; R trainable only while ITT runs.
         s_adv = S(x_adv)

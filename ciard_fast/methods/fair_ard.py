@@ -62,6 +62,8 @@ def fair_class_weights(kappa, beta=2.0, bounds=(5.0 / 6.0, 5.0 / 2.0)):
 @register_method
 class FairARD(ARD):
     name = "fair_ard"
+    preset_overrides = {"method_args": {"tau": 30.0, "beta": 2.0}}
+    preset_overrides_by_dataset = {}  # batch 128 on CIFAR-100 too (not ARD's 256)
 
     @dataclasses.dataclass
     class Options:
@@ -119,7 +121,7 @@ class FairARD(ARD):
     def training_step(self, x, y):
         opt = self.options
         counter = _CorrectStepCounter(self.student, y)
-        x_adv = self.attack_student(x, y, model=counter, eps=self._eps)
+        x_adv = self.attack_student(x, y, loss="ce", model=counter, eps=self._eps)
         self.kappa_sum.index_add_(0, y, counter.count)
         self.class_count.index_add_(0, y, torch.ones_like(counter.count))
         s_adv, s_nat = self.student_forwards(x, x_adv)

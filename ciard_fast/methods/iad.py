@@ -71,6 +71,8 @@ class IAD(ARD):
 
     name = "iad"
     paper_epochs = 200
+    preset_overrides = {"method_args": {"tau": 1.0, "beta": 0.1, "begin": 60}}
+    preset_overrides_by_dataset = {}  # batch 128 on CIFAR-100 too (not ARD's 256)
     milestones = (100, 150)
 
     @dataclasses.dataclass
@@ -96,7 +98,7 @@ class IAD(ARD):
 
     def training_step(self, x, y):
         opt = self.options
-        x_adv = self.attack_student(x, y)
+        x_adv = self.attack_student(x, y, loss="ce")
         S, T = self.student, self.teacher
         introspect = self.introspection_active(self.epoch)
         s_adv = S(x_adv)

@@ -28,7 +28,6 @@ from typing import Optional, Tuple
 import torch
 
 from .. import losses
-from ..attacks.pgd import pgd
 from ..schedules import step_decay_factor
 from . import register_method
 from .base import Method, freeze
@@ -41,6 +40,7 @@ class MTARD(Method):
     milestones = (215, 260, 285)
     needs_robust_teacher = True
     needs_clean_teacher = True
+    preset_overrides = {"method_args": {"eta_w": 0.025}}
 
     @dataclasses.dataclass
     class Options:
@@ -87,10 +87,7 @@ class MTARD(Method):
         """PGD-CE on the student (eval mode, normal start); then S(x'), S(x) in train mode and
         R(x'), N(x) in eval mode without a graph. Returns (s_adv, s_nat, r_adv, n_nat)."""
         S = self.student
-        S.eval()
-        x_adv = pgd(S, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start="normal", loss="ce", validate=False)
-        S.train()
+        x_adv = self.attack_student(x, y, loss="ce", default_start="normal")
         s_adv = S(x_adv)
         s_nat = S(x)
         with torch.no_grad():

@@ -23,7 +23,6 @@ from typing import Optional
 import torch
 
 from .. import losses
-from ..attacks.pgd import pgd
 from . import register_method
 from .base import Method, freeze
 
@@ -68,10 +67,7 @@ class RSLAD(Method):
         S, T = self.student, self.robust_teacher
         with torch.no_grad():
             t_nat = T(x)
-        S.eval()
-        x_adv = pgd(S, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start="normal", loss="kl", target_logits=t_nat, validate=False)
-        S.train()
+        x_adv = self.attack_student(x, y, loss="kl", target_logits=t_nat, default_start="normal")
         s_adv = S(x_adv)
         s_nat = S(x)
         loss, L_adv, L_nat = rslad_loss(s_adv, s_nat, t_nat, self.options.adv_weight, self.kd_scale)

@@ -9,9 +9,8 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from ..attacks.pgd import pgd
 from . import register_method
-from .base import Method
+from .base import Method, module_mode
 
 
 @register_method
@@ -26,12 +25,9 @@ class TRADES(Method):
 
     def training_step(self, x, y):
         model = self.student
-        model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), module_mode(model, False):
             clean_logits = model(x)
-        x_adv = pgd(model, x, y, eps=self.attack.eps, alpha=self.attack.alpha, steps=self.attack.steps,
-                    random_start=self.attack.start("normal"), loss="kl", target_logits=clean_logits, validate=False)
-        model.train()
+        x_adv = self.attack_student(x, y, loss="kl", target_logits=clean_logits, default_start="normal")
         logits = model(x).float()
         logits_adv = model(x_adv).float()
         natural = F.cross_entropy(logits, y)

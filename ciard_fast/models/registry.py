@@ -9,12 +9,14 @@ A factory is any callable ``fn(num_classes=10, **kw) -> nn.Module``; register it
 and build it with ``create_model("my_net", num_classes=100, normalize="cifar100", width=64)``.
 Factories returning an :class:`ImageClassifier` get ``normalize`` applied inside their forward.
 """
-import difflib
 import inspect
 
 from torch import nn
 
-_REGISTRY = {}
+from ..registry import Registry
+
+MODELS = Registry("model")
+_REGISTRY = MODELS._entries  # the name -> factory mapping (tests remove what they registered)
 
 
 def register_model(name):
@@ -30,20 +32,14 @@ def register_model(name):
     def decorator(fn):
         if not callable(fn):
             raise TypeError(f"register_model({name!r}) must decorate a callable; got {fn!r}")
-        if name in _REGISTRY and _REGISTRY[name] is not fn:
-            raise ValueError(
-                f"model name {name!r} is already registered (by {_REGISTRY[name].__module__}."
-                f"{_REGISTRY[name].__qualname__}); choose another name"
-            )
-        _REGISTRY[name] = fn
-        return fn
+        return MODELS.register(name, fn)
 
     return decorator
 
 
 def list_models():
     """Sorted names of every registered model."""
-    return sorted(_REGISTRY)
+    return MODELS.names()
 
 
 def create_model(name, num_classes=10, normalize=None, **kw):
@@ -68,15 +64,9 @@ def create_model(name, num_classes=10, normalize=None, **kw):
         TypeError: ``name`` is not a str, a keyword the factory does not accept, or
             ``normalize`` given for a model that cannot normalise itself.
     """
-    if not isinstance(name, str):
-        raise TypeError(f"model name must be a str; got {name!r}")
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3)
-        hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; registered models: {list_models()}")
+    factory = MODELS.get(name)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1; got {num_classes!r}")
-    factory = _REGISTRY[name]
     _check_kwargs(name, factory, kw)
     model = factory(num_classes=num_classes, **kw)
     if not isinstance(model, nn.Module):
