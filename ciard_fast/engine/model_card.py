@@ -236,7 +236,7 @@ def _robustbench(card):
 
 def render_markdown(card):
     """The card as a Markdown page (model_card.md)."""
-    from ..attacks.report import COLUMN_LABELS
+    from ..tables import column_label, format_accuracy, render_table
 
     m, d, t, ev = card["model"], card["dataset"], card["training"], card["evaluation"]
     lines = [f"# Model card: {m['architecture']} trained with {t['method']} on {d['name']}", ""]
@@ -257,12 +257,12 @@ def render_markdown(card):
     else:
         cols = list(ev["accuracy"])
         lines += [f"Test accuracy (%) on {ev['n']} {d['name']} {ev['split']} images:", "",
-                  "| " + " | ".join(COLUMN_LABELS.get(c, c) for c in cols) + " |",
-                  "|" + "---:|" * len(cols),
-                  "| " + " | ".join(f"{ev['accuracy'][c]:.2f}" for c in cols) + " |", "", "Settings:", ""]
+                  *render_table([column_label(c) for c in cols],
+                                [[format_accuracy(ev["accuracy"][c]) for c in cols]], align=["right"] * len(cols)),
+                  "", "Settings:", ""]
         for name, params in ev["settings"].items():
             shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items()) or "no attack"
-            lines.append(f"- {COLUMN_LABELS.get(name, name)}: {shown}")
+            lines.append(f"- {column_label(name)}: {shown}")
         if not ev["autoattack"]:
             lines.append("- AutoAttack: not run for this card")
         lines.append("")
