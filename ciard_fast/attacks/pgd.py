@@ -11,7 +11,7 @@ from .. import kernels
 from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
-from .validate import (_describe, check_choice, check_images, check_kappa, check_labels, check_labels_in_range,
+from .validate import (describe_value, check_choice, check_images, check_kappa, check_labels, check_labels_in_range,
                        check_model, check_radius, check_step_size, check_steps, check_target_logits)
 
 __all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
@@ -142,7 +142,7 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
                 if step == 0 and not (isinstance(objective, torch.Tensor) and objective.dim() == 0):
                     # A type and a shape, not a value: no host sync.
                     raise ValueError(f"the objective callable {loss!r} must return a 0-d tensor to ascend (e.g. a sum "
-                                     f"over the batch), got {_describe(objective)}")
+                                     f"over the batch), got {describe_value(objective)}")
             elif loss == "ce":
                 objective = ce_objective(logits, y)
             elif loss == "kl":

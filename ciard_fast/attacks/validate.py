@@ -28,7 +28,7 @@ __all__ = [
 ]
 
 
-def _describe(value):
+def describe_value(value):
     if isinstance(value, torch.Tensor):
         return f"tensor(shape={tuple(value.shape)}, dtype={value.dtype}, device={value.device})"
     return repr(value)
@@ -126,7 +126,7 @@ def _check_number_or_tensor(value, batch_size, name, low, low_inclusive, high, f
     elif isinstance(value, numbers.Real) and not isinstance(value, bool):
         lo = hi = float(value)
     else:
-        raise TypeError(f"{name} must be a number or a floating tensor, got {_describe(value)}")
+        raise TypeError(f"{name} must be a number or a floating tensor, got {describe_value(value)}")
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise ValueError(f"{name} must be finite, got {value if lo == hi else (lo, hi)}")
     if lo < low or (lo == low and not low_inclusive) or (high is not None and hi > high):
