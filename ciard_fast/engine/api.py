@@ -23,7 +23,7 @@ from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
 from ..atomic import write_text_atomic
 from .logs import plot_history
-from .precision import autocast, resolve_device, resolve_precision
+from .precision import RunPrecision, resolve_device, resolve_precision
 from .trainer import Trainer
 
 
@@ -125,7 +125,7 @@ def _run(config, state=None, progress_prefix=""):
     train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
     val_loader = (build_loader(config, splits["val"], device, train=False, limit=config.eval_n, dist=dist)
                   if splits.get("val") else None)
-    precision_ctx = lambda: autocast(precision, device)  # noqa: E731  (a fresh context per use)
+    precision_ctx = RunPrecision(precision, device)  # a fresh autocast per use; falls back to fp32 if bf16 fails
 
     trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
                       dist=dist, progress_prefix=progress_prefix)

@@ -139,7 +139,12 @@ class Trainer:
         sums, steps, images = {}, 0, 0
         num_steps = len(loader)
         start = time.perf_counter()
+        first_batch_check = getattr(self.precision_ctx, "check_first_batch", None)  # engine.precision.RunPrecision
         for x, y in loader:
+            if first_batch_check is not None:  # bf16 -> fp32 if bf16 gives non-finite logits (once per run)
+                first_batch_check([m for m in (self.student, getattr(method, "robust_teacher", None),
+                                               getattr(method, "clean_teacher", None)) if m is not None], x)
+                first_batch_check = None
             out = step_forward(method, self.optimizer, x, y, self.precision_ctx, self.graphs)
             step_update(method, self.optimizer, out, sums)
             steps += 1
