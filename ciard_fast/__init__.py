@@ -31,6 +31,7 @@ _EXPORTS = {
     "load_weights": "ciard_fast.models",
     "load_dataset": "ciard_fast.data",
     "DeviceLoader": "ciard_fast.data",
+    "doctor": "ciard_fast.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

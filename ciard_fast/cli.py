@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "teacher": ("ciard_fast.engine.cli_teacher", "train a teacher: --method natural | sat | trades"),
     "eval": ("ciard_fast.attacks.cli_eval", "evaluate a checkpoint under FGSM / PGD / CW / AutoAttack"),
     "compare": ("ciard_fast.engine.cli_compare", "train several methods on the same data and teachers, one table"),
+    "doctor": ("ciard_fast.diagnostics", "check this machine first: versions, kernels, bf16, CUDA graphs, speed"),
 }
 
 
