@@ -214,7 +214,9 @@ def run_check(op, launcher, device, dtype, layout="contiguous", form="number"):
     generator = torch.Generator().manual_seed(_SEED)  # host generator: never the caller's stream
     start = time.perf_counter()
     try:
-        with torch.no_grad():
+        # Outside any inference mode or autocast of the caller: the loss check needs autograd,
+        # and the reference must run in the precision it defines.
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast(device.type, enabled=False):
             err, tol, problem = _CHECKS[op](launcher, device, dtype, layout, form, generator)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # an asynchronous launch error surfaces here, not later

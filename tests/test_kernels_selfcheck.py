@@ -186,3 +186,19 @@ def test_check_kernel_reports_every_healthy_op():
         assert result.max_error is not None and result.max_error <= result.tolerance
     with pytest.raises(ValueError, match="op must be one of"):
         kernels.check_kernel("pgd", "cpu")
+
+
+def test_first_use_under_inference_mode_and_autocast_checks_cleanly(checked):
+    """The first call may come from anywhere (an eval loop, an autocast block): the check of the
+    loss kernel still needs autograd and must not mistake the caller's context for a fault."""
+    g = torch.Generator().manual_seed(1)
+    logits = [torch.randn(4, 10, generator=g) for _ in range(5)]
+    labels = torch.randint(0, 10, (4,), generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kernels.KernelFallbackWarning)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = kernels.distill_loss(*logits, labels, 2.0, 1.5, 4.0)
+    ref = reference.distill_loss(*logits, labels, 2.0, 1.5, 4.0)
+    for a, b in zip(outs, ref):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
+    assert all(r.ok for r in kernels.self_check_results())
