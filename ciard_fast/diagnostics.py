@@ -151,7 +151,6 @@ def kernel_checks(device_name):
 
 def _kernel_rows(device):
     """Kernel self-checks: in process on CUDA; on CPU in a subprocess under the interpreter."""
-    import torch
     if device.type == "cuda":
         from . import kernels
         if not kernels.triton_available():
@@ -167,7 +166,6 @@ def _kernel_rows(device):
     payload = json.loads(out.stdout.strip().splitlines()[-1])
     if "error" in payload:
         return None, f"triton not importable ({payload['error']})"
-    del torch
     return payload["rows"], None
 
 

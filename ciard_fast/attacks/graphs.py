@@ -42,7 +42,7 @@ import warnings
 
 import torch
 
-__all__ = ["GraphCache", "cuda_graphs", "GraphFallbackWarning"]
+__all__ = ["GraphCache", "cuda_graphs", "active_cache", "GraphFallbackWarning"]
 
 _active = None  # the GraphCache of the innermost open cuda_graphs block, or None
 # A healthy replay may differ from eager where a sign step flipped on a rounding-level
