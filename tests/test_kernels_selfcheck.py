@@ -1,7 +1,7 @@
-"""Self-checks of the Triton kernels in the dispatch, driven on CPU through the interpreter.
-
-`kernels._CHECK_ON_CPU` makes "auto" treat CPU tensors under TRITON_INTERPRET=1 as it treats CUDA
-tensors (Triton path, self-checked on first use); faults are injected by replacing a launcher.
+"""Self-checks of the Triton kernels in the dispatch: on a GPU for real, on CPU through the
+interpreter, where `kernels._CHECK_ON_CPU` makes "auto" treat CPU tensors under TRITON_INTERPRET=1
+as it treats CUDA tensors (Triton path, self-checked on first use). Faults are injected by
+replacing a launcher.
 """
 import warnings
 
@@ -12,8 +12,9 @@ import ciard_fast.kernels as kernels
 from ciard_fast.kernels import reference
 
 pytest.importorskip("ciard_fast.kernels.pgd_step_triton")
-if not kernels._triton_ops()["interpreted"]:
-    pytest.skip("the CPU fault-injection tests need triton under TRITON_INTERPRET=1", allow_module_level=True)
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not kernels._triton_ops()["interpreted"]:
+    pytest.skip("on CPU the fault-injection tests need triton under TRITON_INTERPRET=1", allow_module_level=True)
 
 EPS, ALPHA = 8 / 255, 2 / 255
 
@@ -32,7 +33,7 @@ def step_inputs(dtype=torch.float32, shape=(4, 3, 5, 5)):
     g = torch.Generator().manual_seed(3)
     x0 = torch.rand(shape, generator=g).to(dtype)
     x = (x0.float() + 0.01 * torch.randn(shape, generator=g)).clamp(0, 1).to(dtype)
-    return x, x0, torch.randn(shape, generator=g).to(dtype)
+    return x.to(DEVICE), x0.to(DEVICE), torch.randn(shape, generator=g).to(dtype).to(DEVICE)
 
 
 def raising(*args, **kwargs):
@@ -82,7 +83,7 @@ def test_faulty_step_warns_once_and_uses_the_reference(checked, monkeypatch, fau
     found = fallback_warnings(record)
     assert len(found) == 1, [str(w.message) for w in found]
     message = str(found[0].message)
-    for needed in ("pgd_step", "cpu", "bfloat16", "injected launch failure" if fault == "raises" else "differs"):
+    for needed in ("pgd_step", str(x.device), "bfloat16", "injected launch failure" if fault == "raises" else "differs"):
         assert needed in message, message
     assert kernels.backend_for(x, "pgd_step") == "reference"
     # other dtypes are checked on their own and still use the kernel if it passes there
@@ -99,8 +100,8 @@ def test_faulty_loss_falls_back_with_reference_gradients(checked, monkeypatch):
 
     monkeypatch.setitem(checked, "distill_loss", wrong_loss)
     g = torch.Generator().manual_seed(0)
-    logits = [torch.randn(6, 10, generator=g) for _ in range(5)]
-    labels = torch.randint(0, 10, (6,), generator=g)
+    logits = [torch.randn(6, 10, generator=g).to(DEVICE) for _ in range(5)]
+    labels = torch.randint(0, 10, (6,), generator=g).to(DEVICE)
     s_adv = logits[0].clone().requires_grad_()
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -116,10 +117,11 @@ def test_faulty_loss_falls_back_with_reference_gradients(checked, monkeypatch):
 
 def test_faulty_random_start_falls_back(checked, monkeypatch):
     monkeypatch.setitem(checked, "pgd_random_start", lambda x0, eps, **kw: x0.clone())  # no noise at all
-    x0 = torch.full((4, 3, 4, 4), 0.5)
+    x0 = torch.full((4, 3, 4, 4), 0.5, device=DEVICE)
     with pytest.warns(kernels.KernelFallbackWarning, match="pgd_random_start.*uniform: mean"):
         start = kernels.pgd_random_start(x0, EPS, seed=1)
-    assert torch.equal(start, reference.pgd_random_start(x0, EPS, generator=torch.Generator().manual_seed(1)))
+    expected = reference.pgd_random_start(x0, EPS, generator=torch.Generator(device=DEVICE).manual_seed(1))
+    assert torch.equal(start, expected)
 
 
 @pytest.mark.parametrize("fault", ["raises", "wrong"])
@@ -131,13 +133,13 @@ def test_forced_triton_turns_the_fallback_into_an_error(checked, monkeypatch, fa
     for _ in range(2):  # the failed check is remembered: every call raises, none warns
         with warnings.catch_warnings():
             warnings.simplefilter("error", kernels.KernelFallbackWarning)
-            with pytest.raises(RuntimeError, match="CIARD_FAST_KERNELS=triton.*pgd_step on cpu \\(float32"):
+            with pytest.raises(RuntimeError, match=f"CIARD_FAST_KERNELS=triton.*pgd_step on {x.device} \\(float32"):
                 kernels.pgd_step(x, x0, grad, EPS, ALPHA)
 
 
 def test_each_dtype_layout_and_form_is_checked_once(checked):
     x, x0, grad = step_inputs()
-    per_sample = torch.full((4,), EPS)
+    per_sample = torch.full((4,), EPS, device=DEVICE)
     kernels.pgd_step(x, x0, grad, EPS, ALPHA)
     kernels.pgd_step(x, x0, grad, per_sample, ALPHA)
     cl = [t.contiguous(memory_format=torch.channels_last) for t in (x, x0, grad)]
@@ -152,9 +154,9 @@ def test_check_does_not_move_the_callers_random_stream(checked):
     x, x0, grad = step_inputs()
     torch.manual_seed(11)
     kernels.pgd_step(x, x0, grad, EPS, ALPHA)  # runs the check
-    after_check = torch.rand(3)
+    after_check = torch.rand(3, device=DEVICE)
     torch.manual_seed(11)
-    assert torch.equal(after_check, torch.rand(3))
+    assert torch.equal(after_check, torch.rand(3, device=DEVICE))
 
 
 def test_unimportable_triton_warns_once_on_cuda_tensors(monkeypatch):
@@ -181,22 +183,22 @@ def test_unimportable_triton_warns_once_on_cuda_tensors(monkeypatch):
 
 def test_check_kernel_reports_every_healthy_op():
     for op in kernels._selfcheck.OPS:
-        result = kernels.check_kernel(op, "cpu", torch.float32)
+        result = kernels.check_kernel(op, DEVICE, torch.float32)
         assert result.ok, result.describe()
         assert result.max_error is not None and result.max_error <= result.tolerance
     with pytest.raises(ValueError, match="op must be one of"):
-        kernels.check_kernel("pgd", "cpu")
+        kernels.check_kernel("pgd", DEVICE)
 
 
 def test_first_use_under_inference_mode_and_autocast_checks_cleanly(checked):
     """The first call may come from anywhere (an eval loop, an autocast block): the check of the
     loss kernel still needs autograd and must not mistake the caller's context for a fault."""
     g = torch.Generator().manual_seed(1)
-    logits = [torch.randn(4, 10, generator=g) for _ in range(5)]
-    labels = torch.randint(0, 10, (4,), generator=g)
+    logits = [torch.randn(4, 10, generator=g).to(DEVICE) for _ in range(5)]
+    labels = torch.randint(0, 10, (4,), generator=g).to(DEVICE)
     with warnings.catch_warnings():
         warnings.simplefilter("error", kernels.KernelFallbackWarning)
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(DEVICE, dtype=torch.bfloat16):
             outs = kernels.distill_loss(*logits, labels, 2.0, 1.5, 4.0)
     ref = reference.distill_loss(*logits, labels, 2.0, 1.5, 4.0)
     for a, b in zip(outs, ref):
