@@ -205,3 +205,7 @@ def test_trainer_owns_its_cache_and_releases_it_after_fit(tmp_path, monkeypatch)
         for model in cache._capture.captured:
             assert owners.setdefault(id(model), cache) is cache
     assert len(captured) >= 2
+
+
+def test_an_empty_cache_is_still_truthy():
+    assert graphs.GraphCache() and len(graphs.GraphCache()) == 0

@@ -99,6 +99,10 @@ class GraphCache:
     def __len__(self):
         return len(self._entries)
 
+    def __bool__(self):
+        # A cache is "on" even while empty: `if trainer.graphs:` must not read an empty cache as off.
+        return True
+
     def failures(self):
         """{key: error message} of the attacks this cache runs eagerly."""
         return dict(self._failed)
