@@ -133,13 +133,14 @@ def make_ours(args, device, models, images, labels):
     from ciard_fast.data import DeviceLoader
     from ciard_fast.engine.optim import build_optimizer
     from ciard_fast.engine.precision import autocast, resolve_precision, use_channels_last
+    from ciard_fast.attacks.graphs import GraphCache
     from ciard_fast.engine.trainer import step_forward, step_update
     from ciard_fast.methods import AttackSettings, get_method
 
     config = TrainConfig()
     precision = resolve_precision(config.precision, device)
     channels_last = use_channels_last(config.channels_last, device)
-    graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda")
+    graphs = GraphCache() if (config.cuda_graphs if config.cuda_graphs is not None else device.type == "cuda") else None
     student, robust, clean = (m.to(device) for m in models)
     if channels_last:
         student, robust, clean = (m.to(memory_format=torch.channels_last) for m in (student, robust, clean))
@@ -167,7 +168,7 @@ def make_ours(args, device, models, images, labels):
     fused = any(group.get("fused") for group in optimizer.param_groups)
     note = ", ".join(filter(None, ["bf16 autocast" if dtype == "bf16" else "fp32",
                                    "channels_last" if channels_last else "", "fused SGD" if fused else "",
-                                   "graphed PGD" if graphs else "", "DeviceLoader"]))
+                                   "graphed PGD" if graphs is not None else "", "DeviceLoader"]))
     return Contender("ours", dtype, lambda: next(batches), forward, update, student, (robust, clean), note), method
 
 

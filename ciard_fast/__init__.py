@@ -37,6 +37,7 @@ _EXPORTS = {
     "list_attacks": "ciard_fast.attacks.columns",
     "DeviceLoader": "ciard_fast.data",
     "export": "ciard_fast.deploy",
+    "doctor": "ciard_fast.diagnostics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

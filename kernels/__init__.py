@@ -8,15 +8,29 @@ The variable is read at every call, so tests and scripts may change it at any ti
 
 Importing this package never imports triton: the Triton modules load on first use, so the
 package works where triton is absent (macOS, Windows) through the reference path.
+
+Self-checks. The first time an op would run its Triton kernel on a CUDA device for a given
+dtype, memory layout and hyper-parameter form, the dispatch first runs the kernel once on a
+small random input against the reference (``_selfcheck.py``; the tolerances of the kernel
+tests). If the kernel raises or disagrees, one :class:`KernelFallbackWarning` names the op, the
+device, the dtype and the error, and that op uses the reference for that key for the rest of
+the process; under ``CIARD_FAST_KERNELS=triton`` the same finding is a ``RuntimeError`` instead.
+A Triton that cannot be imported is reported the same way (one warning, the first time a CUDA
+tensor reaches the dispatch). After the first call per key the cost is one dict lookup; a call
+made while a CUDA graph is being captured is never checked (a check synchronises): an unchecked
+key then takes the reference path inside that graph. :func:`self_check_results` lists what was
+checked; :func:`check_kernel` runs one check on demand (``ciard-fast doctor``).
 """
 import os
+import warnings
 
 import torch
 
-from . import reference
+from . import _selfcheck, reference
+from ._args import dense_layout
 
 __all__ = ["pgd_step", "pgd_random_start", "distill_loss", "reference", "kernel_mode", "backend_for",
-           "triton_available"]
+           "triton_available", "triton_error", "check_kernel", "self_check_results", "KernelFallbackWarning"]
 
 _MODES = ("auto", "triton", "reference")
 _ENV = "CIARD_FAST_KERNELS"
@@ -52,21 +66,126 @@ def triton_available():
     return _triton_ops() is not None
 
 
-def backend_for(tensor):
-    """'triton' or 'reference': the implementation the dispatch picks for ops on `tensor`."""
-    mode = kernel_mode()
+def triton_error():
+    """Why the Triton kernels cannot be imported ("ImportError: ..."), or None when they can."""
+    _triton_ops()
+    return _triton_state.get("error")
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """A fused kernel was found unusable here; its op runs on the pure-torch reference instead."""
+
+
+# Internal test hook: when True, "auto" treats CPU tensors under TRITON_INTERPRET=1 as it treats
+# CUDA tensors (Triton path, self-checked on first use), so CPU tests can drive the self-check
+# and the fallback. Never set in library code.
+_CHECK_ON_CPU = False
+_checks = {}     # (op, device, dtype, layout, form) -> _selfcheck.CheckResult
+_warned = set()  # one-off warnings already given
+
+
+def _warn_once(key, message):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, KernelFallbackWarning, stacklevel=4)
+
+
+def _checked_device(tensor):
+    return tensor.is_cuda or (_CHECK_ON_CPU and tensor.device.type == "cpu")
+
+
+def _mode_picks_triton(tensor, mode, ops):
+    """The mode rule alone (no self-check): does `mode` send `tensor` to the Triton kernels?"""
     if mode == "reference":
-        return "reference"
-    ops = _triton_ops()
+        return False
     if mode == "triton":
         if ops is None:
             raise RuntimeError(f"{_ENV}=triton but the Triton kernels cannot be imported "
                                f"({_triton_state['error']})")
-        return "triton"  # a CPU tensor without TRITON_INTERPRET=1 fails in the launcher, saying so
+        return True  # a CPU tensor without TRITON_INTERPRET=1 fails in the launcher, saying so
+    if ops is None:
+        if tensor.is_cuda:
+            _warn_once("import", f"ciard_fast.kernels: the Triton kernels cannot be imported "
+                                 f"({_triton_state['error']}); every fused op runs the pure-torch reference "
+                                 f"on {tensor.device} (slower, same results)")
+        return False
     # auto: compiled Triton on CUDA only (the interpreter is for tests, never a fast path)
-    if tensor.is_cuda and ops is not None and not ops["interpreted"]:
-        return "triton"
-    return "reference"
+    if tensor.is_cuda:
+        if ops["interpreted"]:
+            _warn_once("interpreted", "ciard_fast.kernels: triton was imported with TRITON_INTERPRET=1, which "
+                                      f"runs kernels on host memory only; ops on {tensor.device} use the "
+                                      "pure-torch reference (unset TRITON_INTERPRET for GPU runs)")
+            return False
+        return True
+    return _CHECK_ON_CPU and tensor.device.type == "cpu" and ops["interpreted"]
+
+
+def _form(*values):
+    """How hyper-parameters are passed (each form compiles its own kernel specialisation)."""
+    if any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in values):
+        return "per_sample"
+    if any(isinstance(v, torch.Tensor) for v in values):
+        return "0d"
+    return "number"
+
+
+def _use_triton(op, tensor, form):
+    """True to launch `op`'s Triton kernel on `tensor`, False for the reference (see the module
+    docstring: mode rule, then a self-check the first time per key)."""
+    mode = kernel_mode()
+    ops = _triton_ops()
+    if not _mode_picks_triton(tensor, mode, ops):
+        return False
+    if not _checked_device(tensor):
+        return True  # CIARD_FAST_KERNELS=triton on CPU tensors: the kernel tests' own territory
+    layout = dense_layout(tensor) or "strided"
+    key = (op, str(tensor.device), tensor.dtype, layout, form)
+    result = _checks.get(key)
+    if result is None:
+        if tensor.is_cuda and torch.cuda.is_current_stream_capturing():
+            return mode == "triton"  # cannot check now (it syncs); forced Triton stays Triton
+        result = _selfcheck.run_check(op, ops[op], tensor.device, tensor.dtype,
+                                      "channels_last" if layout == "channels_last" else "contiguous", form)
+        _checks[key] = result
+        if not result.ok and mode == "auto":
+            _warn_once(key, f"ciard_fast.kernels: self-check of the Triton kernel failed — {result.describe()}. "
+                            f"{op} runs the pure-torch reference on {tensor.device} for {result.dtype} for the "
+                            f"rest of this process ({_ENV}=triton makes this an error)")
+    if result.ok:
+        return True
+    if mode == "triton":
+        raise RuntimeError(f"{_ENV}=triton but the Triton kernel failed its self-check — {result.describe()}")
+    return False
+
+
+def backend_for(tensor, op=None):
+    """'triton' or 'reference': the implementation the dispatch picks for ops on `tensor`.
+
+    Without `op`, the mode rule alone; with `op` (one of pgd_step, pgd_random_start,
+    distill_loss), the full decision, running that op's self-check if it has not run yet (with
+    number hyper-parameters).
+    """
+    if op is None:
+        return "triton" if _mode_picks_triton(tensor, kernel_mode(), _triton_ops()) else "reference"
+    if op not in _selfcheck.OPS:
+        raise ValueError(f"op must be one of {', '.join(_selfcheck.OPS)}; got {op!r}")
+    return "triton" if _use_triton(op, tensor, "number") else "reference"
+
+
+def check_kernel(op, device, dtype=torch.float32, layout="contiguous", form="number"):
+    """Run the self-check of `op`'s Triton kernel now (whatever the mode) and return its
+    ``CheckResult``; raises RuntimeError when triton cannot be imported. Not cached."""
+    if op not in _selfcheck.OPS:
+        raise ValueError(f"op must be one of {', '.join(_selfcheck.OPS)}; got {op!r}")
+    ops = _triton_ops()
+    if ops is None:
+        raise RuntimeError(f"the Triton kernels cannot be imported ({_triton_state['error']})")
+    return _selfcheck.run_check(op, ops[op], device, dtype, layout, form)
+
+
+def self_check_results():
+    """The self-checks the dispatch has run in this process, in order (``CheckResult`` objects)."""
+    return list(_checks.values())
 
 
 def pgd_step(x, x0, grad, eps, alpha, out=None):
@@ -74,7 +193,7 @@ def pgd_step(x, x0, grad, eps, alpha, out=None):
 
     eps, alpha: Python numbers, 0-d tensors or per-sample [B] tensors. out may be x (in place).
     """
-    if backend_for(x) == "triton":
+    if _use_triton("pgd_step", x, _form(eps, alpha)):
         return _triton_ops()["pgd_step"](x, x0, grad, eps, alpha, out=out)
     return reference.pgd_step(x, x0, grad, eps, alpha, out=out)
 
@@ -86,7 +205,7 @@ def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=
     one-element int tensor fixing the noise; the reference path reads a tensor seed on the host.
     The Triton and reference paths draw from different streams (same distribution).
     """
-    if backend_for(x0) == "triton":
+    if _use_triton("pgd_random_start", x0, _form(eps)):
         return _triton_ops()["pgd_random_start"](x0, eps, kind=kind, sigma=sigma, generator=generator, seed=seed)
     if seed is not None:
         if generator is not None:
@@ -100,6 +219,6 @@ def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_
 
     Gradients flow to s_adv and s_nat; tau_adv, tau_nat, T_push may be numbers or 0-d tensors.
     """
-    if backend_for(s_adv) == "triton":
+    if _use_triton("distill_loss", s_adv, _form(tau_adv, tau_nat, T_push)):
         return _triton_ops()["distill_loss"](s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push)
     return reference.distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push)

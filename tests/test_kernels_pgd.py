@@ -303,6 +303,9 @@ def test_env_switch_forces_each_path(monkeypatch, mode, expected):
     x0, x, grad = make_batch((2, 5))
     want_step = reference.pgd_step(x, x0, grad, EPS, ALPHA)
     monkeypatch.setenv("CIARD_FAST_KERNELS", mode)
+    # On a GPU the first use runs the dispatch's self-check, which calls both implementations.
+    kernels.pgd_step(x, x0, grad, EPS, ALPHA)
+    kernels.pgd_random_start(x0, EPS, seed=3)
     calls = install_spies(monkeypatch, ("pgd_step", "pgd_random_start"))
     assert kernels.backend_for(x) == expected
     assert torch.equal(kernels.pgd_step(x, x0, grad, EPS, ALPHA), want_step)

@@ -188,4 +188,31 @@ def test_graph_key_holds_the_objective_and_its_mode():
     first.teacher.train(not first.teacher.training)
     assert key(first) != before  # a teacher in another mode is another computation
     # only module objectives may be captured (a plain function may close over per-step tensors)
-    assert not graphs.applicable(x, 8 / 255, 2 / 255, None, model, lambda logits, x_adv: logits.sum())
+    cache = graphs.GraphCache(device_types=("cpu",))
+    assert cache.accepts(x, 8 / 255, 2 / 255, None, model, first)
+    assert cache.accepts(x, 8 / 255, 2 / 255, None, model, "ce")
+    assert not cache.accepts(x, 8 / 255, 2 / 255, None, model, lambda logits, x_adv: logits.sum())
+
+
+def test_graph_entry_of_an_objective_is_not_replayed_for_another_teacher():
+    """A fake capture on CPU: the entry holds the objective's tensors; replacing the teacher's
+    parameters (or using another objective object) never replays the old graph."""
+    model = tiny_convnet(10, seed=3).eval()
+    x, y = batch()
+    objective = adaad_mod.TeacherStudentKL(tiny_convnet(10, seed=4).eval())
+    captured = []
+
+    def fake_capture(run, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa):
+        captured.append(loss)
+        return lambda x, y, t: run(model, x, y, eps, alpha, steps, random_start, loss, t, kappa)
+
+    cache = graphs.GraphCache(capture=fake_capture, device_types=("cpu",))
+    with graphs.cuda_graphs(cache):
+        pgd(model, x, y, steps=2, loss=objective, random_start=None, validate=False)
+        pgd(model, x, y, steps=2, loss=objective, random_start=None, validate=False)
+        assert (cache.captures, cache.replays) == (1, 1)
+        first_layer = next(objective.teacher.parameters())
+        with torch.no_grad():
+            first_layer.data = first_layer.data.clone()  # same tensor object, new storage
+        pgd(model, x, y, steps=2, loss=objective, random_start=None, validate=False)
+        assert (cache.captures, cache.replays) == (2, 1)

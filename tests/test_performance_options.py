@@ -89,10 +89,11 @@ def test_graphs_context_leaves_cpu_attacks_eager():
     x, y = batch("cpu")
     torch.manual_seed(1)
     eager = pgd(model, x, y, steps=2, random_start=None)
-    with graphs.cuda_graphs():
+    cache = graphs.GraphCache()
+    with graphs.cuda_graphs(cache):
         torch.manual_seed(1)
         same = pgd(model, x, y, steps=2, random_start=None)
-    assert torch.equal(eager, same) and not graphs._graphs
+    assert torch.equal(eager, same) and len(cache) == 0 and cache.captures == 0
 
 
 @pytest.mark.gpu
@@ -101,9 +102,10 @@ def test_ciard_step_makes_no_host_sync_on_gpu():
     method.start_epoch(2)
     opt = build_optimizer(method.student.parameters(), 0.1, 0.9, 5e-4, torch.device("cuda"))
     x, y = batch("cuda", channels_last=True)
+    cache = graphs.GraphCache()
 
     def step():
-        with autocast("bf16", torch.device("cuda")), graphs.cuda_graphs():
+        with autocast("bf16", torch.device("cuda")), graphs.cuda_graphs(cache):
             out = method.training_step(x, y)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -122,12 +124,16 @@ def test_ciard_step_makes_no_host_sync_on_gpu():
 
 @pytest.mark.gpu
 def test_graphed_pgd_equals_eager_pgd_on_gpu():
-    graphs.clear()
     model = create_model("small_cnn", width=8).cuda().eval()
     x, y = batch("cuda")
     eager = pgd(model, x, y, steps=5, random_start=None, validate=False)
-    with graphs.cuda_graphs():
+    cache = graphs.GraphCache()
+    with graphs.cuda_graphs(cache):
         first = pgd(model, x, y, steps=5, random_start=None, validate=False)   # capture + replay
         second = pgd(model, x + 0, y, steps=5, random_start=None, validate=False)  # replay
+        torch.manual_seed(3)
+        random = pgd(model, x, y, steps=5, random_start="uniform", validate=False)  # capture, checked vs eager
+    torch.manual_seed(3)
+    assert torch.equal(random, pgd(model, x, y, steps=5, random_start="uniform", validate=False))
     assert torch.equal(eager, first) and torch.equal(eager, second)
-    assert len(graphs._graphs) == 1
+    assert len(cache) == 2 and cache.captures == 2 and cache.replays == 1 and cache.fallbacks == 0

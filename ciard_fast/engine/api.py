@@ -27,7 +27,7 @@ from .distributed import get_context
 from ..atomic import write_text_atomic
 from .logs import plot_history
 from .model_card import write_run_card
-from .precision import autocast, resolve_device, resolve_precision
+from .precision import RunPrecision, resolve_device, resolve_precision
 from .teachers import ensure_teachers, teacher_specs
 from .trainer import Trainer
 
@@ -147,7 +147,7 @@ def _run(config, teacher_paths, state=None, progress_prefix=""):
     train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
     val_loader = (build_loader(config, splits["val"], device, train=False, limit=config.eval_n, dist=dist)
                   if splits.get("val") else None)
-    precision_ctx = lambda: autocast(precision, device)  # noqa: E731  (a fresh context per use)
+    precision_ctx = RunPrecision(precision, device)  # a fresh autocast per use; falls back to fp32 if bf16 fails
 
     trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
                       dist=dist, progress_prefix=progress_prefix)

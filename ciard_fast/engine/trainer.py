@@ -14,7 +14,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
-from ..attacks.graphs import cuda_graphs
+from ..attacks.graphs import GraphCache, cuda_graphs
 from .logs import Progress, write_history
 from .optim import build_optimizer, set_lr
 from .validation import correct_clean_and_pgd
@@ -22,7 +22,8 @@ from .validation import correct_clean_and_pgd
 
 def step_forward(method, optimizer, x, y, precision_ctx, graphs):
     """First half of a training step: the method's forwards and losses (under autocast, with the
-    PGD loop CUDA-graphed when `graphs`). Split from `step_update` so benchmarks time each half."""
+    PGD loop CUDA-graphed through `graphs`, the run's GraphCache, or eager when None). Split from
+    `step_update` so benchmarks time each half."""
     optimizer.zero_grad(set_to_none=True)
     with precision_ctx(), cuda_graphs(graphs):
         return method.training_step(x, y)
@@ -64,7 +65,9 @@ class Trainer:
         self.dist = dist if dist is not None else DistContext()
         self.optimizer = build_optimizer(unwrap(student).parameters(), method.student_lr(1), config.momentum,
                                          config.weight_decay, method.device, config.optimizer)
-        self.graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else method.device.type == "cuda")
+        use_graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else method.device.type == "cuda")
+        # The run owns its graphs: never shared with another run's student, released by fit().
+        self.graphs = GraphCache() if use_graphs else None
         self.state = RunState()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
 
@@ -108,6 +111,13 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
+        try:
+            return self._fit()
+        finally:
+            if self.graphs is not None:
+                self.graphs.release()  # graphs pin the student's tensors and a memory pool
+
+    def _fit(self):
         config = self.config
         last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
         for epoch in range(self.state.epoch + 1, last_epoch + 1):
@@ -129,7 +139,12 @@ class Trainer:
         sums, steps, images = {}, 0, 0
         num_steps = len(loader)
         start = time.perf_counter()
+        first_batch_check = getattr(self.precision_ctx, "check_first_batch", None)  # engine.precision.RunPrecision
         for x, y in loader:
+            if first_batch_check is not None:  # bf16 -> fp32 if bf16 gives non-finite logits (once per run)
+                first_batch_check([m for m in (self.student, getattr(method, "robust_teacher", None),
+                                               getattr(method, "clean_teacher", None)) if m is not None], x)
+                first_batch_check = None
             out = step_forward(method, self.optimizer, x, y, self.precision_ctx, self.graphs)
             step_update(method, self.optimizer, out, sums)
             steps += 1

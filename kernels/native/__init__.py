@@ -1,5 +1,15 @@
 """ctypes loader for libciard_native (the C / CUDA build of the fused PGD step).
 
+What it is for: an example of the project's ops behind a plain C ABI (``ciard_native.h``) and an
+entry point for hosts that are not Python (a C/C++ or other FFI caller doing its own PGD loop).
+It is **not** a backend of ``ciard_fast.kernels``: nothing in the library calls it; only its
+tests and ``benchmarks/bench_pgd.py`` (the ``native`` row) do. It was measured as a candidate
+CPU backend and rejected: on the 2-core development CPU, fp32, [B, 3, 32, 32], the step took
+178 µs vs torch's 116 µs at B = 32 and 1426 vs 2034 µs at B = 256 with one thread, 823 vs
+678 µs at B = 256 with two (noisy, shared machine); and the step is about 0.3 % of a PGD-10
+attack there (10 steps ≈ 1.2 ms of a 357 ms attack of the tiny model), so no version of it can
+move end-to-end speed on CPU. On a GPU the Triton kernel is the fused step.
+
 The library is optional: build it with CMake from the repository root,
 
     cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build
