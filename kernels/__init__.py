@@ -63,8 +63,9 @@ def backend_for(tensor):
             raise RuntimeError(f"{_ENV}=triton but the Triton kernels cannot be imported "
                                f"({_triton_state['error']})")
         return "triton"  # a CPU tensor without TRITON_INTERPRET=1 fails in the launcher, saying so
-    # auto: compiled Triton on CUDA only (the interpreter is for tests, never a fast path)
-    if tensor.is_cuda and ops is not None and not ops["interpreted"]:
+    # auto: compiled Triton on CUDA only (the interpreter is for tests, never a fast path); the
+    # kernels compute in float32, so float64 (exact checks, gradcheck) stays on the reference
+    if tensor.is_cuda and tensor.dtype != torch.float64 and ops is not None and not ops["interpreted"]:
         return "triton"
     return "reference"
 
@@ -79,20 +80,22 @@ def pgd_step(x, x0, grad, eps, alpha, out=None):
     return reference.pgd_step(x, x0, grad, eps, alpha, out=out)
 
 
-def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=None):
-    """Random start in the ε-ball (uniform) or x₀ + σ·N(0, I) (normal), clamped to [0, 1].
+def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=None, clamp=True):
+    """Random start in the ε-ball (uniform) or x₀ + σ·N(0, I) (normal), clamped to [0, 1]
+    (clamp=False: not clamped, the public CIARD code's start; always the reference path, which
+    costs one elementwise op more than the fused kernel).
 
     generator: torch.Generator on x0's device. seed (optional, instead of generator): an int or a
     one-element int tensor fixing the noise; the reference path reads a tensor seed on the host.
     The Triton and reference paths draw from different streams (same distribution).
     """
-    if backend_for(x0) == "triton":
+    if clamp and backend_for(x0) == "triton":
         return _triton_ops()["pgd_random_start"](x0, eps, kind=kind, sigma=sigma, generator=generator, seed=seed)
     if seed is not None:
         if generator is not None:
             raise ValueError("give either seed or generator, not both")
         generator = torch.Generator(device=x0.device).manual_seed(int(seed))
-    return reference.pgd_random_start(x0, eps, kind=kind, sigma=sigma, generator=generator)
+    return reference.pgd_random_start(x0, eps, kind=kind, sigma=sigma, generator=generator, clamp=clamp)
 
 
 def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):
