@@ -105,7 +105,7 @@ def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_
     L_adv = elementwise_kl(p_a, F.log_softmax(s_adv, dim=1)).mean()
     L_nat = elementwise_kl(p_n, F.log_softmax(s_nat, dim=1)).mean()
 
-    mask = (n_adv.argmax(dim=1) != labels).float()
+    mask = (n_adv.argmax(dim=1) != labels).to(dtype)
     mask_count = mask.sum()
     p_push = F.softmax(n_adv, dim=1)
     push_terms = elementwise_kl(p_push, F.log_softmax(s_adv / T_push, dim=1))
