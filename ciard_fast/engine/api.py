@@ -112,6 +112,8 @@ def _run(config, state=None, progress_prefix=""):
         teachers["robust_teacher"], teacher_paths["robust"] = _teacher(config, "robust", splits, device, state)
     if method_cls.needs_clean_teacher:
         teachers["clean_teacher"], teacher_paths["clean"] = _teacher(config, "clean", splits, device, state)
+    if teachers and state is None:
+        _check_teachers(config, teachers, teacher_paths, splits, device, precision, out_dir, dist)
 
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
@@ -180,10 +182,10 @@ def _teacher(config, kind, splits, device, state):
     from ..models import load_weights
 
     model_name = getattr(config, f"{kind}_teacher_model")
-    normalize = getattr(config, f"{kind}_teacher_normalize")
+    path = getattr(config, f"{kind}_teacher")
+    normalize = _teacher_normalize(config, kind, state)
     model = build_model(model_name, splits["train"], normalize, device, config,
                         getattr(config, f"{kind}_teacher_args"))
-    path = getattr(config, f"{kind}_teacher")
     if state is not None:
         return model, path or "(restored from checkpoint)"  # weights come with the method state
     if path:
@@ -197,6 +199,71 @@ def _teacher(config, kind, splits, device, state):
     return model, cached
 
 
+def _teacher_normalize(config, kind, state=None):
+    """The normalisation the teacher is built with. "auto" is resolved by `_check_teachers` for a
+    teacher given as a file (built on raw pixels until then); on resume it is the choice recorded
+    in <out_dir>/teachers.json; a teacher trained by this run uses its kind's fixed default."""
+    from .teacher_checks import AUTO, read_teachers_json
+
+    normalize = getattr(config, f"{kind}_teacher_normalize")
+    if normalize != AUTO:
+        return normalize
+    if not getattr(config, f"{kind}_teacher"):
+        return TEACHER_TRAINING_NORMALIZE[kind]
+    if state is None:
+        return False
+    recorded = read_teachers_json(config.resolved_out_dir()) or {}
+    if kind not in recorded or "normalize" not in recorded[kind]:
+        raise ValueError(f"cannot resume with {kind}_teacher_normalize='auto': the choice made at the start is "
+                         f"recorded in {os.path.join(config.resolved_out_dir(), 'teachers.json')}, which is missing; "
+                         f"give {kind}_teacher_normalize explicitly (true, false or a statistics name)")
+    return recorded[kind]["normalize"]
+
+
+# `auto` for a teacher this run trains itself: raw pixels for the robust one (as the public TRADES
+# model), the dataset's statistics for the clean one (the previous fixed defaults).
+TEACHER_TRAINING_NORMALIZE = {"robust": False, "clean": True}
+
+
+def _check_teachers(config, teachers, teacher_paths, splits, device, precision, out_dir, dist):
+    """Every teacher on the validation split before distillation (clean; the robust one also
+    PGD), `auto` resolved, a weak teacher stopped; printed and written to <out_dir>/teachers.json."""
+    from .distributed import unwrap
+    from .teacher_checks import AUTO, TeacherToCheck, check_teachers, normalization_candidates
+
+    train_set = splits["train"]
+    to_check = []
+    for kind, key in (("robust", "robust_teacher"), ("clean", "clean_teacher")):
+        if key not in teachers:
+            continue
+        model = teachers[key]
+        configured = getattr(config, f"{kind}_teacher_normalize")
+        given_as_file = bool(getattr(config, f"{kind}_teacher"))
+        normalize = configured if (configured != AUTO or given_as_file) else TEACHER_TRAINING_NORMALIZE[kind]
+
+        def set_normalize(value, model=model):
+            stats = (train_set.mean, train_set.std) if value is True else (value or None)
+            unwrap(model).set_normalization(stats)
+
+        to_check.append(TeacherToCheck(
+            kind=kind, model=model, path=teacher_paths.get(kind), model_name=getattr(config, f"{kind}_teacher_model"),
+            normalize=normalize, candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
+            set_normalize=set_normalize, given_as_file=given_as_file))
+    if splits.get("val") is None:
+        if any(t.normalize == AUTO for t in to_check):
+            raise ValueError("teacher normalisation 'auto' is chosen on the validation split, but val_size=0; use "
+                             "val_size > 0 or give robust_teacher_normalize / clean_teacher_normalize explicitly")
+        if dist.is_main:
+            print("[teachers] not checked: no validation split (val_size=0)")
+        return None
+    val_loader = build_loader(config, splits["val"], device, train=False, limit=config.eval_n)
+    return check_teachers(
+        to_check, val_loader, num_classes=train_set.num_classes, eps=config.eps, alpha=2 / 255,
+        pgd_steps=config.eval_pgd_steps, precision_ctx=lambda: autocast(precision, device),
+        out_dir=out_dir if dist.is_main else None, allow_weak=config.allow_weak_teacher, seed=config.seed,
+        log=print if dist.is_main else (lambda *_: None))
+
+
 def _teacher_config(config, kind):
     method = config.robust_teacher_method if kind == "robust" else "natural"
     return build_config(overrides=dict(
@@ -204,7 +271,7 @@ def _teacher_config(config, kind):
         val_size=config.val_size, loader=config.loader, crop_padding=config.crop_padding, flip=config.flip,
         student=getattr(config, f"{kind}_teacher_model"),
         student_args=getattr(config, f"{kind}_teacher_args"),
-        student_normalize=getattr(config, f"{kind}_teacher_normalize"), epochs=config.teacher_epochs,
+        student_normalize=_teacher_normalize(config, kind), epochs=config.teacher_epochs,
         lr=config.teacher_lr, batch_size=config.batch_size, momentum=config.momentum,
         weight_decay=config.weight_decay, eps=config.eps, alpha=config.alpha, attack_steps=config.attack_steps,
         attack_random_start=config.attack_random_start,
