@@ -296,3 +296,21 @@ def test_reference_push_weight_is_scale_to_magnitude():
         expected = 10.0 ** (min(magnitude(l_adv), magnitude(l_nat)) - magnitude(l_push))
         got = losses.push_weight_reference(t(l_adv), t(l_nat), t(l_push))
         assert got.dtype == torch.float64 and float(got) == pytest.approx(expected, rel=1e-12)
+
+
+def test_official_presets_and_the_cli_switch():
+    from ciard_fast.config import build_config
+    from ciard_fast.engine.cli_train import parse_extra
+
+    for name, student in (("cifar10-resnet18-official", "resnet18"), ("cifar10-mobilenetv2-official", "mobilenet_v2")):
+        config = build_config(preset=name)
+        assert config.method == "ciard" and config.method_args == {"reference_code": True}
+        assert config.student == student and config.epochs == 300 and config.batch_size == 128
+        assert (config.student_normalize, config.robust_teacher_normalize, config.clean_teacher_normalize) == (
+            False, False, False)  # raw pixels for every model, as the public script
+        assert config.precision == "fp32" and config.val_size == 1000  # selection on a held-out split
+    assert parse_extra(["--reference_code", "true"], "ciard") == {"reference_code": True}
+    assert parse_extra(["--weighting", "adaptive"], "ciard") == {"weighting": "adaptive"}
+    with pytest.raises(TypeError, match="reference_code"):
+        get_method("ciard")(tiny_convnet(), num_classes=10, epochs=3, robust_teacher=tiny_convnet(),
+                            clean_teacher=tiny_convnet(), options=get_method("ciard").Options(reference_code="yes"))
