@@ -161,3 +161,23 @@ def test_check_teachers_directly_leaves_the_chosen_normalisation_applied(tmp_pat
     assert report["clean"]["normalize"] is True and model.normalization is not None
     assert json.loads((tmp_path / "teachers.json").read_text()) == json.loads(json.dumps(report))
     assert len(lines) == 1 and "auto:" in lines[0]
+
+
+def test_resume_reuses_the_recorded_auto_choice(tmp_path, monkeypatch):
+    from ciard_fast.engine import api
+
+    raw = save(probe_state(normalized=False), tmp_path / "raw.pt")
+    hub = save(probe_state(normalized=True), tmp_path / "hub.pt")
+    run(tmp_path, "run", robust=raw, clean=hub, epochs=2, stop_after=1)
+    built = []
+    original = api.build_model
+    monkeypatch.setattr(api, "build_model", lambda name, data, normalize, *a, **k: (
+        built.append((name, normalize)), original(name, data, normalize, *a, **k))[1])
+    resumed = ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))
+    assert resumed.history[-1]["epoch"] == 2
+    # the teachers were rebuilt with the choice recorded at the start (raw robust, normalised clean)
+    assert [n for name, n in built if name == "test_template_probe"] == [False, True]
+    # without the record, 'auto' cannot be resumed: a clear error instead of a silent raw guess
+    (tmp_path / "run" / "teachers.json").unlink()
+    with pytest.raises(ValueError, match="teachers.json"):
+        ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))
