@@ -1,4 +1,4 @@
-"""Functional losses and the update rules of the adaptive quantities (CIARD.md steps 3-8).
+"""Functional losses and the update rules of the adaptive quantities (steps 3-8 of docs/method.md).
 
 Every function takes logits [B, C] and returns 0-d tensors, computed in float32 — or float64 when
 the (student) logits are float64, so a float64 check is exact; float16/bfloat16 logits are upcast
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from . import kernels
 from .kernels.reference import compute_dtype, elementwise_kl, upcast
 
-# Floor of each loss before taking log10 in the push weight (CIARD.md step 6).
+# Floor of each loss before taking log10 in the push weight (step 6 of docs/method.md).
 LOSS_FLOOR = 1e-7
 
 CiardTerms = namedtuple("CiardTerms", "L_adv L_nat L_push H_adv H_nat mask_count")
@@ -81,7 +81,7 @@ def ciard_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_pu
 
 @torch.no_grad()
 def push_weight(L_adv, L_nat, L_push, floor=LOSS_FLOOR):
-    """Magnitude-matched push weight (CIARD.md step 6), a power of ten with no gradient:
+    """Magnitude-matched push weight (step 6 of docs/method.md), a power of ten with no gradient:
 
         λ = 10^( min(⌊log₁₀ L_adv⌋, ⌊log₁₀ L_nat⌋) − ⌊log₁₀ L_push⌋ ),  each loss floored at 1e-7.
 
@@ -117,7 +117,7 @@ def push_weight_reference(L_adv, L_nat, L_push):
 
 @torch.no_grad()
 def update_temperatures(tau_adv, tau_nat, H_adv, H_nat, lr, low=1.0, high=10.0):
-    """B-MTARD's adaptive temperatures (CIARD.md step 7), in place on 0-d device tensors:
+    """B-MTARD's adaptive temperatures (step 7 of docs/method.md), in place on 0-d device tensors:
 
         τ_adv ← clip(τ_adv − η_τ·sign(H_adv/H_nat − 1), 1, 10)
         τ_nat ← clip(τ_nat − η_τ·sign(H_nat/H_adv − 1), 1, 10)
@@ -132,7 +132,7 @@ def update_temperatures(tau_adv, tau_nat, H_adv, H_nat, lr, low=1.0, high=10.0):
 
 @torch.no_grad()
 def update_loss_weights(weights, losses, initial_losses, lr):
-    """MTARD's adaptive loss weights (CIARD.md step 8), in place:
+    """MTARD's adaptive loss weights (step 8 of docs/method.md), in place:
 
         r_i = L_i / L⁰_i;   w_i ← w_i − η_w·(w_i − r_i / Σ_j r_j);   w ← max(w, 0);   w ← w / Σ w
 
@@ -146,7 +146,7 @@ def update_loss_weights(weights, losses, initial_losses, lr):
 
 
 def neg_entropy(logits, T=1.0):
-    """mean_{B×C} p·log(p + 1e-5), p = softmax(logits / T) (no gradient): the quantity CIARD.md
+    """mean_{B×C} p·log(p + 1e-5), p = softmax(logits / T) (no gradient): the quantity docs/method.md
     step 7 compares between teachers (H_adv, H_nat) to adapt their temperatures.
 
     Equals the H_adv/H_nat that `ciard_loss` returns; for methods (B-MTARD) that need the

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 # The "+1e-5" inside log(p + 1e-5) is the convention of the MTARD/B-MTARD/CIARD reference code
-# (CIARD.md, "Elementwise KL used everywhere").
+# (docs/method.md, "Elementwise KL").
 KL_EPS = 1e-5
 
 

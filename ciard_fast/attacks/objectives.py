@@ -1,8 +1,9 @@
 """The quantities an attack ascends, as functions of the model's logits.
 
 All objectives are computed in float32 (float16/bfloat16 logits are upcast; float64 logits stay
-float64, so a float64 attack is float64 throughout) so that they behave the same under autocast, and are *summed* over the batch: each example's input gradient is then independent of
-the batch size, and under reduced precision the per-example gradients are not divided by B (a mean
+float64, so a float64 attack is float64 throughout) so that they behave the same under autocast,
+and are *summed* over the batch: each example's input gradient is then independent of the batch
+size, and under reduced precision the per-example gradients are not divided by B (a mean
 would shrink them by 1/B and push small ones below the fp16/bf16 resolution, where sign() turns
 them into 0). With sign steps sum and mean give identical steps otherwise.
 """

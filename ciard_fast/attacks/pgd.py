@@ -48,8 +48,8 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
         loss: "ce" — ascend Σ CE(model(x'), y); "kl" — ascend Σ KL(softmax(target_logits) ‖
             softmax(model(x'))); "cw" — minimise Σ max(Z_y − max_{j≠y} Z_j, −κ).
             Every loss is summed over the batch and computed in float32 (float64 for float64
-            logits: a float64 model and float64 images give a float64 attack throughout). The sign step makes sum
-            and mean identical in exact arithmetic; under autocast the sum keeps small per-example
+            logits: a float64 model and float64 images give a float64 attack throughout). The
+            sign step makes sum and mean identical in exact arithmetic; under autocast the sum keeps small per-example
             gradients representable where a mean (÷B) could round them to zero.
         target_logits: [B, K] logits for loss="kl" (detached; required then, ignored otherwise).
         kappa: CW confidence κ >= 0 for loss="cw". Default 50.

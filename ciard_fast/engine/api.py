@@ -247,7 +247,8 @@ def _check_teachers(config, teachers, teacher_paths, splits, device, precision, 
 
         to_check.append(TeacherToCheck(
             kind=kind, model=model, path=teacher_paths.get(kind), model_name=getattr(config, f"{kind}_teacher_model"),
-            normalize=normalize, candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
+            normalize=normalize,
+            candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
             set_normalize=set_normalize, given_as_file=given_as_file))
     if splits.get("val") is None:
         if any(t.normalize == AUTO for t in to_check):

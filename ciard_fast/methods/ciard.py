@@ -109,7 +109,7 @@ class CIARD(Method):
             self.robust_teacher.train()
             self._eta_decay_epochs = {scaled_epoch(m, self.epochs, self.paper_epochs) for m in opt.rate_decay_epochs}
 
-    # ---- schedules (CIARD.md "Schedules") ------------------------------------------------------
+    # ---- schedules (docs/method.md) -------------------------------------------------------------
     def student_lr(self, epoch):
         return ciard_student_lr(epoch, self.epochs, self.base_lr)
 
