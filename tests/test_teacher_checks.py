@@ -108,12 +108,18 @@ def test_auto_recognises_a_raw_teacher_and_a_normalised_one(tmp_path, capsys):
     assert "[clean teacher]" in out and "input: dataset statistics" in out
 
 
-def test_explicit_normalisation_is_measured_as_given(tmp_path):
+def test_explicit_normalisation_is_kept_and_a_better_one_is_warned_about(tmp_path, capsys):
     raw = save(probe_state(normalized=False), tmp_path / "raw.pt")
-    run(tmp_path, "run", robust=raw, clean=raw, robust_teacher_normalize=False, clean_teacher_normalize=False)
+    # right for the robust teacher, wrong (dataset statistics for a raw-pixel checkpoint) for the clean one
+    run(tmp_path, "run", robust=raw, clean=raw, robust_teacher_normalize=False, clean_teacher_normalize=True)
     report = json.loads((tmp_path / "run" / "teachers.json").read_text())
-    assert report["clean"]["normalize"] is False and "auto" not in report["clean"]
-    assert report["clean"]["val_clean"] > 0.9
+    assert report["robust"]["normalize"] is False and "auto" not in report["robust"]
+    assert report["robust"]["val_clean"] > 0.9
+    assert report["clean"]["normalize"] is True  # kept as configured
+    assert report["clean"]["alternatives"]["raw pixels"] > report["clean"]["val_clean"] + 0.2
+    out = capsys.readouterr().out
+    assert "[clean teacher] WARNING: configured input dataset statistics" in out and "raw pixels gives" in out
+    assert "[robust teacher] WARNING" not in out
 
 
 def test_random_teacher_stops_the_run_naming_it(tmp_path):

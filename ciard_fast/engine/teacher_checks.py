@@ -14,7 +14,9 @@ the robust teacher — the result is printed and written to ``<out_dir>/teachers
 threshold below). With ``normalize="auto"`` every candidate normalisation
 (raw pixels, the dataset's statistics, each published statistics set of that dataset) is tried,
 the most accurate one is kept, and the choice and every accuracy measured are recorded
-(``"auto": {candidate: val_clean}``). A teacher whose clean accuracy is under 1.5× chance stops
+(``"auto": {candidate: val_clean}``). An explicit normalisation is kept, but the other candidates
+are measured too (``"alternatives"``) and one that beats it by more than 5 points is warned about.
+A teacher whose clean accuracy is under 1.5× chance stops
 the run with :class:`WeakTeacherError` unless ``allow_weak=True``: a teacher given as a file,
 that is; one the run trained itself is reported as weak, with a warning, and distillation goes on.
 
@@ -38,6 +40,7 @@ __all__ = ["AUTO", "WEAK_FACTOR", "TeacherToCheck", "WeakTeacherError", "normali
 AUTO = "auto"
 WEAK_FACTOR = 1.5          # a teacher must beat chance by this factor on clean validation images
 TEACHERS_JSON = "teachers.json"
+BETTER_MARGIN = 0.05       # an explicit normalisation beaten by this much (accuracy) is warned about
 
 
 class WeakTeacherError(ValueError):
@@ -148,6 +151,7 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
     report = {}
     for teacher in teachers:
         entry = {"path": teacher.path, "model": teacher.model_name}
+        own = None
         if teacher.normalize == AUTO:
             if teacher.set_normalize is None or not teacher.candidates:
                 raise ValueError(f"{teacher.kind} teacher: normalize='auto' needs candidates and set_normalize")
@@ -161,9 +165,28 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
             teacher.set_normalize(chosen)
             entry["normalize"] = _json_value(chosen)
             entry["auto"] = {name: acc for name, (_, acc) in tried.items()}
+            own = tried[best_name][1]
         else:
             entry["normalize"] = _json_value(teacher.normalize)
             tried = None
+            if teacher.set_normalize is not None and teacher.candidates:
+                # An explicit choice is kept, but a clearly better alternative is reported: a wrong
+                # normalisation otherwise only shows as a lower accuracy nobody compares.
+                own = _clean_accuracy(teacher.model, val_loader, precision_ctx)
+                others = {}
+                for value in teacher.candidates:
+                    if value != teacher.normalize:
+                        teacher.set_normalize(value)
+                        others[describe_normalize(value)] = _clean_accuracy(teacher.model, val_loader, precision_ctx)
+                teacher.set_normalize(teacher.normalize)
+                entry["alternatives"] = others
+                better = {k: v for k, v in others.items() if v > own + BETTER_MARGIN}
+                if better:
+                    name = max(better, key=better.get)
+                    log(f"[{teacher.kind} teacher] WARNING: configured input {describe_normalize(teacher.normalize)} "
+                        f"gives {100 * own:.2f}% clean validation accuracy, {name} gives {100 * better[name]:.2f}%; "
+                        f"set {teacher.kind}_teacher_normalize: auto (or the better value) if the checkpoint "
+                        f"was trained that way")
         if teacher.kind == "robust":
             counts = correct_clean_and_pgd(teacher.model, val_loader, eps=eps, alpha=alpha, steps=pgd_steps,
                                            precision_ctx=precision_ctx, seed=seed)
@@ -172,7 +195,7 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
                 raise ValueError("the validation split is empty; teachers cannot be checked (use val_size > 0)")
             entry["val_clean"], entry["val_pgd"] = clean / total, adv / total
         else:
-            entry["val_clean"] = _clean_accuracy(teacher.model, val_loader, precision_ctx)
+            entry["val_clean"] = own if own is not None else _clean_accuracy(teacher.model, val_loader, precision_ctx)
         weak = entry["val_clean"] < WEAK_FACTOR * chance
         entry["weak"] = weak
         report[teacher.kind] = entry
