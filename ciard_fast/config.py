@@ -46,13 +46,16 @@ class TrainConfig:
     robust_teacher: Optional[str] = None   # checkpoint path; None: trained first (robust_teacher_method)
     robust_teacher_model: str = "wrn34_10"
     robust_teacher_args: dict = dataclasses.field(default_factory=dict)
-    robust_teacher_normalize: Union[bool, str] = False  # the public TRADES WRN-34-10 takes raw [0,1] pixels
+    robust_teacher_normalize: Union[bool, str] = "auto"  # auto: a file's best on the validation split
+    #                                      (raw, dataset, published stats); trained here: raw [0,1] pixels
     robust_teacher_method: str = "trades"
     clean_teacher: Optional[str] = None    # checkpoint path; None: trained first (natural)
     clean_teacher_model: str = "resnet56"
     clean_teacher_args: dict = dataclasses.field(default_factory=dict)
-    clean_teacher_normalize: Union[bool, str] = True  # False: the reference code's raw-pixel ResNet-56;
+    clean_teacher_normalize: Union[bool, str] = "auto"  # auto as above (trained here: dataset stats);
+    #                                      False: the reference code's raw-pixel ResNet-56;
     #                                      "cifar10_legacy": the statistics the public hub ResNet-56 was trained with
+    allow_weak_teacher: bool = False       # True: distil from a teacher under 1.5x chance on validation
     teacher_epochs: int = 100              # when a teacher has to be trained first
     teacher_lr: float = 0.1
     # -- optimisation ---------------------------------------------------------------------------

@@ -109,7 +109,10 @@ def _mode_picks_triton(tensor, mode, ops):
                                  f"({_triton_state['error']}); every fused op runs the pure-torch reference "
                                  f"on {tensor.device} (slower, same results)")
         return False
-    # auto: compiled Triton on CUDA only (the interpreter is for tests, never a fast path)
+    # auto: compiled Triton on CUDA only (the interpreter is for tests, never a fast path); the
+    # kernels compute in float32, so float64 (exact checks, gradcheck) stays on the reference
+    if tensor.dtype == torch.float64:
+        return False
     if tensor.is_cuda:
         if ops["interpreted"]:
             _warn_once("interpreted", "ciard_fast.kernels: triton was imported with TRITON_INTERPRET=1, which "
@@ -198,20 +201,22 @@ def pgd_step(x, x0, grad, eps, alpha, out=None):
     return reference.pgd_step(x, x0, grad, eps, alpha, out=out)
 
 
-def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=None):
-    """Random start in the ε-ball (uniform) or x₀ + σ·N(0, I) (normal), clamped to [0, 1].
+def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=None, clamp=True):
+    """Random start in the ε-ball (uniform) or x₀ + σ·N(0, I) (normal), clamped to [0, 1]
+    (clamp=False: not clamped, the public CIARD code's start; always the reference path, which
+    costs one elementwise op more than the fused kernel).
 
     generator: torch.Generator on x0's device. seed (optional, instead of generator): an int or a
     one-element int tensor fixing the noise; the reference path reads a tensor seed on the host.
     The Triton and reference paths draw from different streams (same distribution).
     """
-    if _use_triton("pgd_random_start", x0, _form(eps)):
+    if clamp and _use_triton("pgd_random_start", x0, _form(eps)):
         return _triton_ops()["pgd_random_start"](x0, eps, kind=kind, sigma=sigma, generator=generator, seed=seed)
     if seed is not None:
         if generator is not None:
             raise ValueError("give either seed or generator, not both")
         generator = torch.Generator(device=x0.device).manual_seed(int(seed))
-    return reference.pgd_random_start(x0, eps, kind=kind, sigma=sigma, generator=generator)
+    return reference.pgd_random_start(x0, eps, kind=kind, sigma=sigma, generator=generator, clamp=clamp)
 
 
 def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):

@@ -7,8 +7,19 @@ import torch
 import torch.nn.functional as F
 
 # The "+1e-5" inside log(p + 1e-5) is the convention of the MTARD/B-MTARD/CIARD reference code
-# (CIARD.md, "Elementwise KL used everywhere").
+# (docs/method.md, "Elementwise KL").
 KL_EPS = 1e-5
+
+
+def compute_dtype(tensor):
+    """The dtype a loss on `tensor` is computed in: float64 stays float64 (so gradchecks and exact
+    comparisons are possible); float32, float16 and bfloat16 are computed in float32."""
+    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
+
+
+def upcast(tensor):
+    """`tensor` in its compute dtype (see `compute_dtype`); no copy when it already is."""
+    return tensor.to(compute_dtype(tensor))
 
 
 def _as_per_sample(value, like):
@@ -37,22 +48,26 @@ def pgd_step(x, x0, grad, eps, alpha, out=None):
     return result
 
 
-def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None):
-    """Random start of PGD, clamped to [0, 1].
+def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, clamp=True):
+    """Random start of PGD, clamped to [0, 1] unless `clamp=False`.
 
     kind="uniform": x₀ + U(−ε, ε) (Madry et al.); kind="normal": x₀ + σ·N(0, I) (TRADES/RSLAD/CIARD,
-    σ = 0.001). The noise is drawn in float32 with torch's RNG (`generator` if given).
+    σ = 0.001). The noise is drawn with torch's RNG (`generator` if given) in float32, or in
+    float64 for a float64 x₀. clamp=False keeps the start unclamped, as the public CIARD code
+    does (a pixel within ~σ of 0 or 1 may start slightly outside [0, 1]).
     """
+    draw_dtype = compute_dtype(x0)
     if kind == "uniform":
         eps = _as_per_sample(eps, x0)
-        noise = torch.rand(x0.shape, device=x0.device, dtype=torch.float32, generator=generator)
+        noise = torch.rand(x0.shape, device=x0.device, dtype=draw_dtype, generator=generator)
         noise = (noise * 2 - 1).to(x0.dtype) * eps
     elif kind == "normal":
-        noise = torch.randn(x0.shape, device=x0.device, dtype=torch.float32, generator=generator)
+        noise = torch.randn(x0.shape, device=x0.device, dtype=draw_dtype, generator=generator)
         noise = (noise * sigma).to(x0.dtype)
     else:
         raise ValueError(f"random start kind must be 'uniform' or 'normal', got {kind!r}")
-    return (x0 + noise).clamp_(0.0, 1.0)
+    start = x0 + noise
+    return start.clamp_(0.0, 1.0) if clamp else start
 
 
 def elementwise_kl(p, log_q):
@@ -61,26 +76,28 @@ def elementwise_kl(p, log_q):
 
 
 def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):
-    """The CIARD multi-teacher loss terms (CIARD.md steps 3-5 and 7), in float32.
+    """The CIARD multi-teacher loss terms (CIARD method, steps 3-5 and 7 of docs/method.md), in
+    float32 (float64 when s_adv is float64; float16/bfloat16 logits are computed in float32).
 
     s_adv, s_nat: student logits on x' and x, [B, C] (the only inputs that receive gradients).
     r_adv: robust teacher on x'; n_nat, n_adv: clean teacher on x and x' ([B, C], detached).
     labels: [B] int64. tau_adv, tau_nat: temperatures (floats or 0-d tensors). T_push: float.
 
-    Returns a tuple of 0-d float32 tensors (L_adv, L_nat, L_push, H_a, H_n, mask_count):
+    Returns a tuple of 0-d tensors in the compute dtype (L_adv, L_nat, L_push, H_a, H_n, mask_count):
       L_adv  = mean_{B×C} kl(softmax(r_adv/τ_adv), log_softmax(s_adv))
       L_nat  = mean_{B×C} kl(softmax(n_nat/τ_nat), log_softmax(s_nat))
       M      = {i : argmax n_adv_i ≠ y_i}
       L_push = Σ_{i∈M, c} kl(softmax(n_adv), log_softmax(s_adv/T_push)) / (|M|·C)   (0 if M = ∅)
       H_a    = mean_{B×C} p_a·log(p_a + 1e-5),  p_a = softmax(r_adv/τ_adv)   (no gradient)
       H_n    = mean_{B×C} p_n·log(p_n + 1e-5),  p_n = softmax(n_nat/τ_nat)   (no gradient)
-      mask_count = |M| as float32
+      mask_count = |M| in the compute dtype
     """
-    s_adv = s_adv.float()
-    s_nat = s_nat.float()
-    r_adv = r_adv.detach().float()
-    n_nat = n_nat.detach().float()
-    n_adv = n_adv.detach().float()
+    dtype = compute_dtype(s_adv)
+    s_adv = s_adv.to(dtype)
+    s_nat = s_nat.to(dtype)
+    r_adv = r_adv.detach().to(dtype)
+    n_nat = n_nat.detach().to(dtype)
+    n_adv = n_adv.detach().to(dtype)
     num_classes = s_adv.shape[1]
 
     p_a = F.softmax(r_adv / tau_adv, dim=1)
@@ -88,7 +105,7 @@ def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_
     L_adv = elementwise_kl(p_a, F.log_softmax(s_adv, dim=1)).mean()
     L_nat = elementwise_kl(p_n, F.log_softmax(s_nat, dim=1)).mean()
 
-    mask = (n_adv.argmax(dim=1) != labels).float()
+    mask = (n_adv.argmax(dim=1) != labels).to(dtype)
     mask_count = mask.sum()
     p_push = F.softmax(n_adv, dim=1)
     push_terms = elementwise_kl(p_push, F.log_softmax(s_adv / T_push, dim=1))

@@ -11,12 +11,13 @@ from .. import kernels
 from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
-from .validate import (describe_value, check_choice, check_images, check_kappa, check_labels, check_labels_in_range,
-                       check_model, check_radius, check_step_size, check_steps, check_target_logits)
+from .validate import (check_choice, check_images, check_kappa, check_labels, check_labels_in_range, check_model,
+                       check_model_dtype, check_radius, check_step_size, check_steps, check_target_logits,
+                       describe_value)
 
 __all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
 
-RANDOM_STARTS = ("uniform", "normal", None)
+RANDOM_STARTS = ("uniform", "normal", "normal_unclamped", None)
 LOSSES = OBJECTIVES
 # σ of the "normal" start: x + 0.001·N(0, I), the TRADES/RSLAD/CIARD reference code's start.
 NORMAL_START_SIGMA = 0.001
@@ -42,7 +43,9 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
         random_start: "uniform" — x + U(−ε, ε) (Madry et al.; torchattacks' PGD); "normal" —
             x + 0.001·N(0, I) (TRADES/RSLAD/CIARD); None — start at x (needed for a deterministic
             attack; with loss="kl" and target_logits = model(x) the gradient at x is zero, so use
-            "normal" there). The start is clamped to [0, 1] but not projected (σ = 0.001 < ε).
+            "normal" there). The start is clamped to [0, 1] but not projected (σ = 0.001 < ε);
+            "normal_unclamped" — x + 0.001·N(0, I) not clamped, as the public CIARD code starts
+            (its first forward may see pixels a few σ outside [0, 1]; every step clamps).
         loss: "ce" — ascend Σ CE(model(x'), y); "kl" — ascend Σ KL(softmax(target_logits) ‖
             softmax(model(x'))); "cw" — minimise Σ max(Z_y − max_{j≠y} Z_j, −κ); or an objective
             callable ``objective(logits, x_adv) -> 0-d tensor`` to ascend, where logits =
@@ -54,8 +57,9 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
             and buffers, read in place by a replay; a plain function runs eagerly) and the object
             is part of the graph key: create it once (e.g. in a method's ``__init__``), not per
             step, or every step captures a new graph.
-            Every loss is summed over the batch and computed in float32. The sign step makes sum
-            and mean identical in exact arithmetic; under autocast the sum keeps small per-example
+            Every loss is summed over the batch and computed in float32 (float64 for float64
+            logits: a float64 model and float64 images give a float64 attack throughout). The
+            sign step makes sum and mean identical in exact arithmetic; under autocast the sum keeps small per-example
             gradients representable where a mean (÷B) could round them to zero.
         target_logits: [B, K] logits for loss="kl" (detached; required then, ignored otherwise).
         kappa: CW confidence κ >= 0 for loss="cw". Default 50.
@@ -67,6 +71,10 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
     Returns:
         x_adv: a new tensor, same shape/dtype/device as x, detached, with ‖x_adv − x‖∞ ≤ ε and
         values in [0, 1].
+
+    Raises:
+        TypeError (with validate=True): the model's floating parameters and the images have
+        different dtypes (e.g. a float64 model and float32 images), naming both.
 
     Works under ``torch.autocast`` (the model runs in reduced precision, the loss in float32, the
     iterate stays in x's dtype). The step itself is ``ciard_fast.kernels.pgd_step`` and the start
@@ -80,6 +88,7 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
     if validate:
         check_model(model)
         check_images(x)
+        check_model_dtype(model, x)
         check_labels(y, x.shape[0])
         check_radius(eps, x.shape[0], "eps")
         check_step_size(alpha, x.shape[0], "alpha")
@@ -120,6 +129,9 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
     alpha = to_device_param(alpha, x0)
     if random_start is None:
         x_adv = x0.clone()
+    elif random_start == "normal_unclamped":
+        x_adv = kernels.pgd_random_start(x0, eps, kind="normal", sigma=NORMAL_START_SIGMA, generator=generator,
+                                         clamp=False)
     else:
         x_adv = kernels.pgd_random_start(x0, eps, kind=random_start, sigma=NORMAL_START_SIGMA, generator=generator)
     if loss == "kl":

@@ -23,6 +23,7 @@ __all__ = [
     "check_steps",
     "check_choice",
     "check_model",
+    "check_model_dtype",
     "check_target_logits",
     "check_kappa",
 ]
@@ -39,6 +40,30 @@ def check_model(model):
     if not callable(model):
         raise TypeError(f"model must be callable (an nn.Module mapping [B, C, H, W] images to [B, K] logits), "
                         f"got {type(model).__name__}")
+
+
+def _autocast_on(device_type):
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+def check_model_dtype(model, x, name="x"):
+    """An ``nn.Module``'s floating parameters and the images must share one dtype.
+
+    A float64 model fed float32 images (or the reverse) fails deep inside the first layer with a
+    message about "bias type"; this names both dtypes and the fix instead. Skipped under autocast
+    (which casts both sides itself) and for plain functions (no parameters to compare).
+    """
+    if not isinstance(model, torch.nn.Module) or not isinstance(x, torch.Tensor):
+        return
+    if _autocast_on(x.device.type):
+        return
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and dtype != x.dtype:
+        raise TypeError(f"the model's parameters are {dtype} but the images {name} are {x.dtype}; convert one "
+                        f"to the other ({name}.to({dtype}) or model.to({x.dtype}))")
 
 
 def check_images(x, name="x"):

@@ -19,7 +19,6 @@ import torch
 
 from ..config import TrainConfig, build_config, derive_config
 from ..methods import AttackSettings, get_method
-from ..models import load_weights
 from ..tables import column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
@@ -28,7 +27,7 @@ from ..atomic import write_text_atomic
 from .logs import plot_history
 from .model_card import write_run_card
 from .precision import RunPrecision, resolve_device, resolve_precision
-from .teachers import ensure_teachers, teacher_specs
+from .teachers import build_teachers, check_run_teachers, ensure_teachers, teacher_specs
 from .trainer import Trainer
 
 # The fields the natural comparison student's run changes; it inherits every other one.
@@ -128,12 +127,10 @@ def _run(config, teacher_paths, state=None, progress_prefix=""):
     splits = load_splits(config)
     num_classes = splits["train"].num_classes
 
-    teachers = {}
-    for kind, spec in teacher_specs(config).items():
-        model = build_model(spec.model, splits["train"], spec.normalize, device, config, spec.model_args)
-        if state is None:
-            load_weights(model, teacher_paths[kind])
-        teachers[spec.method_keyword] = model
+    precision_ctx = RunPrecision(precision, device)  # a fresh autocast per use; falls back to fp32 if bf16 fails
+    teachers = build_teachers(config, splits, device, teacher_paths, state)
+    if teachers and state is None:
+        check_run_teachers(config, teachers, teacher_paths, splits, device, precision_ctx, dist)
 
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
@@ -147,8 +144,6 @@ def _run(config, teacher_paths, state=None, progress_prefix=""):
     train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
     val_loader = (build_loader(config, splits["val"], device, train=False, limit=config.eval_n, dist=dist)
                   if splits.get("val") else None)
-    precision_ctx = RunPrecision(precision, device)  # a fresh autocast per use; falls back to fp32 if bf16 fails
-
     trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
                       dist=dist, progress_prefix=progress_prefix)
     if state is not None:

@@ -19,6 +19,7 @@ import sys
 from typing import Optional, Union
 
 from ..config import TrainConfig, derive_config
+from ..models.normalization import AUTO
 from . import checkpoint as ckpt
 
 TEACHER_KINDS = ("robust", "clean")
@@ -33,6 +34,10 @@ TEACHER_FIELDS = {
     "clean": {"weights": "clean_teacher", "model": "clean_teacher_model", "model_args": "clean_teacher_args",
               "normalize": "clean_teacher_normalize"},
 }
+# What `auto` normalisation means for a teacher this run trains itself: raw pixels for the robust
+# one (as the public TRADES WRN-34-10 takes), the dataset's statistics for the clean one. For a
+# teacher given as a file, `auto` is chosen on the validation split (engine/teacher_checks.py).
+TEACHER_TRAINING_NORMALIZE = {"robust": False, "clean": True}
 # how a missing teacher of either kind is trained
 TEACHER_TRAINING_FIELDS = ("teacher_epochs", "teacher_lr")
 # the fields that fix a teacher's architecture and input (not its weights)
@@ -63,7 +68,9 @@ class TeacherSpec:
         model_args: the model's keyword arguments (e.g. {"width": 16}).
         weights: the weights file, or None to train the teacher first.
         normalize: its input normalisation, any value `resolve_normalization` takes (True: the
-            dataset's statistics, False: raw [0, 1] pixels, a `DATASET_STATS` name, a pair).
+            dataset's statistics, False: raw [0, 1] pixels, a `DATASET_STATS` name, a pair), or
+            "auto" for a teacher given as a file (chosen by `check_run_teachers`; a teacher
+            trained by the run gets `TEACHER_TRAINING_NORMALIZE` instead).
         method: how it is trained when `weights` is None: natural, sat or trades.
         method_args: options of that method (e.g. TRADES' beta); {} for its defaults.
         epochs, lr: its training epochs (>= 1) and learning rate (> 0).
@@ -105,10 +112,13 @@ def teacher_spec(config, kind):
     if kind not in TEACHER_FIELDS:
         raise ValueError(f"teacher kind must be one of {', '.join(TEACHER_KINDS)}; got {kind!r}")
     names = TEACHER_FIELDS[kind]
+    weights = getattr(config, names["weights"]) or None
+    normalize = getattr(config, names["normalize"])
+    if normalize == AUTO and weights is None:
+        normalize = TEACHER_TRAINING_NORMALIZE[kind]
     return TeacherSpec(kind=kind, model=getattr(config, names["model"]),
                        model_args=dict(getattr(config, names["model_args"]) or {}),
-                       weights=getattr(config, names["weights"]) or None,
-                       normalize=getattr(config, names["normalize"]),
+                       weights=weights, normalize=normalize,
                        method=getattr(config, names["method"]) if "method" in names else "natural",
                        epochs=config.teacher_epochs, lr=config.teacher_lr)
 
@@ -178,6 +188,78 @@ def ensure_teachers(config):
     return {kind: ensure_teacher(spec, config) for kind, spec in teacher_specs(config).items()}
 
 
+def build_teachers(config, splits, device, teacher_paths, state=None):
+    """{method keyword: model} of the teachers `config.method` needs, each built with its
+    normalisation and loaded from `teacher_paths[kind]` (when resuming from `state`, the weights
+    come with the method state instead).
+
+    A teacher whose normalisation is "auto" is built on raw pixels until `check_run_teachers`
+    chooses; on resume it is built with the choice recorded in `<out_dir>/teachers.json`."""
+    from ..models import load_weights
+    from .builders import build_model
+
+    teachers = {}
+    for kind, spec in teacher_specs(config).items():
+        normalize = spec.normalize
+        if normalize == AUTO:
+            normalize = False if state is None else _recorded_normalize(config, kind)
+        model = build_model(spec.model, splits["train"], normalize, device, config, spec.model_args)
+        if state is None:
+            load_weights(model, teacher_paths[kind])
+        teachers[spec.method_keyword] = model
+    return teachers
+
+
+def _recorded_normalize(config, kind):
+    from .teacher_checks import read_teachers_json
+
+    recorded = read_teachers_json(config.resolved_out_dir()) or {}
+    if kind not in recorded or "normalize" not in recorded[kind]:
+        field = TEACHER_FIELDS[kind]["normalize"]
+        raise ValueError(f"cannot resume with {field}='auto': the choice made at the start is recorded in "
+                         f"{os.path.join(config.resolved_out_dir(), 'teachers.json')}, which is missing; "
+                         f"give {field} explicitly (true, false or a statistics name)")
+    return recorded[kind]["normalize"]
+
+
+def check_run_teachers(config, teachers, teacher_paths, splits, device, precision_ctx, dist):
+    """Every teacher on the validation split before distillation (clean accuracy; the robust one
+    also PGD), "auto" resolved, a weak teacher stopped (unless `allow_weak_teacher`); printed and
+    written to `<out_dir>/teachers.json` (engine/teacher_checks.py). Returns the report or None."""
+    from ..models.normalization import resolve_normalization
+    from .builders import build_loader
+    from .distributed import unwrap
+    from .teacher_checks import TeacherToCheck, check_teachers, normalization_candidates
+
+    train_set = splits["train"]
+    to_check = []
+    for kind, spec in teacher_specs(config).items():
+        model = teachers[spec.method_keyword]
+
+        def set_normalize(value, model=model):
+            unwrap(model).set_normalization(resolve_normalization(value, train_set))
+
+        to_check.append(TeacherToCheck(
+            kind=kind, model=model, path=teacher_paths.get(kind), model_name=spec.model, normalize=spec.normalize,
+            candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
+            set_normalize=set_normalize, given_as_file=bool(spec.weights)))
+    if not to_check:
+        return None
+    if splits.get("val") is None:
+        if any(t.normalize == AUTO for t in to_check):
+            raise ValueError("teacher normalisation 'auto' is chosen on the validation split, but val_size=0; use "
+                             "val_size > 0 or give robust_teacher_normalize / clean_teacher_normalize explicitly")
+        if dist.is_main:
+            print("[teachers] not checked: no validation split (val_size=0)")
+        return None
+    val_loader = build_loader(config, splits["val"], device, train=False, limit=config.eval_n)
+    return check_teachers(
+        to_check, val_loader, num_classes=train_set.num_classes, eps=config.eps, alpha=2 / 255,
+        pgd_steps=config.eval_pgd_steps, precision_ctx=precision_ctx,
+        out_dir=config.resolved_out_dir() if dist.is_main else None, allow_weak=config.allow_weak_teacher,
+        seed=config.seed, log=print if dist.is_main else (lambda *_: None))
+
+
 def _check_method_args(spec):
     from ..methods import get_method
 
@@ -189,4 +271,4 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
+           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]

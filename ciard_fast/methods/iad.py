@@ -24,6 +24,13 @@ Following the public code (ZFancy/IAD, `IAD-I`) where it is more specific than t
   * The code's extra unused forward S(x') (`basicop`) is skipped; S(x) runs in train mode every step
     (as the code's CE term does) so BN statistics see the same batches.
   * BN mode during the attack: see `ard.py` (eval by default, `attack_train_mode=True` = the code).
+  * Learning rate: the code's `adjust_learning_rate(optimizer, epoch, lr)` multiplies its local
+    copy of the base lr (0.1) by 0.1 at each epoch of `lr_schedule` (100, 150), so at 150 it sets
+    0.01 again: its lr stays 0.01 after epoch 150 instead of dropping to 0.001 (the same bug as
+    ARD's code), and it counts epochs from 0 (its epoch 100 is our epoch 101). We run the schedule
+    its arguments describe (0.1, 0.01 from epoch 100, 0.001 from epoch 150); `reference_lr=True`
+    reproduces the code: 0.1 through epoch 100, 0.01 from epoch 101 to the end (scaled with the
+    run length as every breakpoint).
 """
 import dataclasses
 
@@ -82,14 +89,25 @@ class IAD(ARD):
         kd_weight: float = 1.0            # a: weight of the KD terms; 1 − a on the clean CE
         begin: float = 60                 # introspection after this epoch (of 200; scaled)
         attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
+        reference_lr: bool = False        # True: the public code's lr (0.01 after epoch 100, never 0.001)
 
     def _check_options(self):
         super()._check_options()
         if not self.options.beta >= 0:
             raise ValueError(f"beta must be >= 0, got {self.options.beta!r}")
+        if not isinstance(self.options.reference_lr, bool):
+            raise TypeError(f"reference_lr must be true or false, got {self.options.reference_lr!r}")
         if not self.options.begin >= 0:
             raise ValueError(f"begin must be >= 0 (an epoch of the {self.paper_epochs}-epoch schedule), "
                              f"got {self.options.begin!r}")
+
+    def student_lr(self, epoch):
+        """ARD's step schedule, or with `reference_lr` the public code's: base_lr through the
+        (scaled) epoch 100, then base_lr·0.1 to the end."""
+        if not self.options.reference_lr:
+            return super().student_lr(epoch)
+        first = scaled_epoch(self.milestones[0], self.epochs, self.paper_epochs)
+        return self.base_lr * (0.1 if epoch > first else 1.0)
 
     def introspection_active(self, epoch):
         """True from the epoch after `begin` (scaled to the run length): epoch 61 of 200."""
