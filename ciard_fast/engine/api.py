@@ -24,13 +24,16 @@ from .distributed import get_context
 from ..atomic import write_text_atomic
 from .logs import plot_history
 from .precision import autocast, resolve_device, resolve_precision
+from .rundir import claim_run_folder
+from .signals import RunInterrupted, graceful_stop
 from .trainer import Trainer
 
 
 @dataclasses.dataclass
 class TrainResult:
     """What a run produced. `metrics`: the final test-set accuracies (%) of the best checkpoint,
-    by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths."""
+    by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths;
+    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)"."""
 
     out_dir: str
     last_checkpoint: str
@@ -41,6 +44,7 @@ class TrainResult:
     teachers: dict = dataclasses.field(default_factory=dict)
     table: str = ""
     comparison: dict = dataclasses.field(default_factory=dict)
+    evaluated: str = ""
 
 
 def make_config(config=None, **overrides):
@@ -71,8 +75,29 @@ def _config_for_resume(path, overrides):
                 f"cannot change {key!r} when resuming ({saved.get(key)!r} in {path!r}, {overrides[key]!r} given); "
                 "start a new run instead"
             )
-    merged = build_config(overrides={**saved, **overrides, "resume": path})
+    # The run continues in the folder that holds the checkpoint (it may have been moved since).
+    folder = os.path.dirname(os.path.abspath(path))
+    merged = build_config(overrides={**saved, **overrides, "resume": path, "out_dir": folder, "overwrite": False})
+    _check_best_checkpoint(folder, state)
     return merged, state
+
+
+def _check_best_checkpoint(folder, last_state):
+    """Resume check of the on-disk invariant: `best.pt` is the epoch `last.pt` names, or one epoch
+    ahead of `last.pt` (a kill between the two writes; that epoch is trained again and rewrites
+    it). Anything else (a best.pt of another run, a missing one) would put a wrong row in the
+    final table, so it is an error naming both epochs."""
+    best_epoch, last_epoch = int(last_state.get("best_epoch", 0)), int(last_state["epoch"])
+    best_path = os.path.join(folder, "best.pt")
+    if best_epoch == 0:
+        return
+    if not os.path.isfile(best_path):
+        raise ValueError(f"{os.path.join(folder, 'last.pt')} names best epoch {best_epoch} but {best_path} is "
+                         "missing; restore it, or start a new run")
+    found = int(ckpt.load_checkpoint(best_path).get("epoch", -1))
+    if found not in (best_epoch, last_epoch + 1):
+        raise ValueError(f"{best_path} holds epoch {found} but {os.path.join(folder, 'last.pt')} (epoch {last_epoch}) "
+                         f"names best epoch {best_epoch}: the folder mixes two runs; start a new run")
 
 
 def train(config=None, **overrides):
@@ -91,7 +116,35 @@ def train(config=None, **overrides):
     return _run(config, state)
 
 
-def _run(config, state=None, progress_prefix=""):
+def _run(config, state=None, progress_prefix="", managed=False):
+    """Claim the run folder (lock, numbered folder), then train; see `engine/rundir.py`.
+
+    managed: a folder the engine retrains into (teachers, the natural comparison student)."""
+    dist = get_context(config.device)
+    resolve_device(config.device)  # `--device cuda` without a GPU: one clear error before anything
+    lock = None
+    if dist.is_main:
+        out_dir, lock = claim_run_folder(config.resolved_out_dir(), resuming=state is not None, managed=managed,
+                                         user_given=config.out_dir_given or dist.enabled,
+                                         overwrite=config.overwrite)
+    else:
+        out_dir = None
+    out_dir = dist.broadcast_object(out_dir) if dist.enabled else out_dir
+    if os.path.normpath(out_dir) != os.path.normpath(config.resolved_out_dir()):
+        config = config.replace(out_dir=out_dir)
+    try:
+        with graceful_stop():
+            return _train_in_folder(config, state, progress_prefix)
+    except RunInterrupted as stop:
+        if stop.resume_hint is None and not progress_prefix:
+            stop.resume_hint = f"ciard-fast train --resume {stop.checkpoint}"
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in_folder(config, state, progress_prefix):
     dist = get_context(config.device)
     device = resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
@@ -137,18 +190,19 @@ def _run(config, state=None, progress_prefix=""):
         os.makedirs(out_dir, exist_ok=True)
     run_state = trainer.fit()
 
-    best = trainer.best_path if os.path.isfile(trainer.best_path) else None
+    best = trainer.best_path if run_state.best_epoch > 0 else None
     result = TrainResult(out_dir=out_dir, last_checkpoint=trainer.last_path, best_checkpoint=best, metrics={},
                          history=run_state.history, config=config, teachers=teacher_paths)
     finished = run_state.epoch >= config.epochs
     if finished and config.test_attacks and dist.is_main:
-        result.metrics = _test_metrics(config, student, best, splits["test"], device)
+        checkpoint, result.evaluated = _checkpoint_to_evaluate(trainer, run_state)
+        result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
         rows = {f"{config.method} student ({config.student})": result.metrics}
         if config.compare_natural_student:
             natural = _natural_student(config, splits, device)
             rows[f"natural student ({config.student})"] = natural
         result.comparison = rows
-        result.table = _markdown_table(rows, config)
+        result.table = _markdown_table(rows, config, result.evaluated)
         _write_results(out_dir, result)
         print(result.table)
     if config.plot and run_state.history and dist.is_main:
@@ -192,7 +246,7 @@ def _teacher(config, kind, splits, device, state):
     sub = _teacher_config(config, kind)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ")
+        _run(sub, progress_prefix=f"[{kind} teacher] ", managed=True)
     load_weights(model, ckpt.load_checkpoint(cached)["student"])
     return model, cached
 
@@ -240,13 +294,27 @@ def _natural_student(config, splits, device):
     })
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
-        _run(sub.replace(test_attacks=()), progress_prefix="[natural student] ")
+        _run(sub.replace(test_attacks=()), progress_prefix="[natural student] ", managed=True)
     model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub, sub.student_args)
     best = os.path.join(sub.resolved_out_dir(), "best.pt")
     return _test_metrics(sub, model, best if os.path.isfile(best) else cached, splits["test"], device)
 
 
 # ---- final evaluation --------------------------------------------------------------------------
+def _checkpoint_to_evaluate(trainer, run_state):
+    """(path, label) of the weights the final table reports: best.pt when it holds the run's best
+    epoch, last.pt when the run had no validation. A best.pt of another epoch is an error: the
+    table must never come from weights other than the ones it names."""
+    if run_state.best_epoch == 0:
+        return trainer.last_path, f"last.pt (epoch {run_state.epoch}; no validation, so no best.pt)"
+    path = trainer.best_path
+    found = ckpt.load_checkpoint(path).get("epoch") if os.path.isfile(path) else None
+    if found != run_state.best_epoch:
+        raise RuntimeError(f"{path} holds epoch {found} but this run's best epoch is {run_state.best_epoch}; "
+                           "refusing to report the wrong weights. Evaluate a checkpoint with ciard-fast eval")
+    return path, f"best.pt (epoch {found})"
+
+
 def _test_metrics(config, model, checkpoint_path, test_set, device):
     """Accuracies (%) on the test split under the config's attacks, for the best checkpoint."""
     from ..attacks.evaluate import evaluate
@@ -259,11 +327,12 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
     return {name: 100.0 * value for name, value in report.accuracy.items()}  # fractions -> %
 
 
-def _markdown_table(rows, config):
+def _markdown_table(rows, config, evaluated=""):
     columns = []
     for metrics in rows.values():
         columns.extend(k for k in metrics if k not in columns)
-    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}",
+    source = f" (student weights: {evaluated})" if evaluated else ""
+    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}{source}",
              "",
              "| model | " + " | ".join(columns) + " |",
              "| --- | " + " | ".join("---:" for _ in columns) + " |"]
@@ -277,4 +346,5 @@ def _write_results(out_dir, result):
     write_text_atomic(os.path.join(out_dir, "results.md"), result.table)
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
         {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
-         "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}, indent=2))
+         "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint,
+         "evaluated": result.evaluated}, indent=2))

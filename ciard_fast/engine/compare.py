@@ -214,7 +214,7 @@ def _teacher_weights(base, kind, out_dir):
     sub = _teacher_config(base, kind)  # out_dir/teachers/<kind>, the settings train() would use
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ")
+        _run(sub, progress_prefix=f"[{kind} teacher] ", managed=True)
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).
     weights = os.path.join(out_dir, "teachers", f"{kind}.pt")
@@ -240,7 +240,7 @@ def _run_method(config, reuse, teacher_times):
             return saved["row"]
     print(f"[compare] training {config.method} ({config.student}, {config.epochs} epochs)", file=sys.stderr)
     start = time.perf_counter()
-    result = train(config)
+    result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
     wall = time.perf_counter() - start
     seconds = sum(r.get("train_seconds", 0.0) for r in result.history)
     images = sum(r.get("train_seconds", 0.0) * r.get("train_images_per_s", 0.0) for r in result.history)
