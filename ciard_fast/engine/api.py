@@ -12,6 +12,7 @@ Teachers a method needs but the config does not point to are trained first with 
 import dataclasses
 import json
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -137,7 +138,11 @@ def _run(config, state=None, progress_prefix="", managed=False):
             return _train_in_folder(config, state, progress_prefix)
     except RunInterrupted as stop:
         if stop.resume_hint is None and not progress_prefix:
-            stop.resume_hint = f"ciard-fast train --resume {stop.checkpoint}"
+            if os.path.normpath(os.path.dirname(stop.checkpoint)) == os.path.normpath(out_dir):
+                stop.resume_hint = f"ciard-fast train --resume {stop.checkpoint}"
+            else:  # a teacher (or comparison) run inside this one was interrupted
+                stop.resume_hint = (f"the same command again (the finished parts are reused and the interrupted "
+                                    f"run continues from {stop.checkpoint})")
         raise
     finally:
         if lock is not None:
@@ -157,6 +162,7 @@ def _train_in_folder(config, state, progress_prefix):
     torch.manual_seed(config.seed + 7919 * dist.rank)
     out_dir = config.resolved_out_dir()
     method_cls = get_method(config.method)
+    _check_teacher_files(config, method_cls, state)
     splits = load_splits(config)
     num_classes = splits["train"].num_classes
 
@@ -228,6 +234,23 @@ def _distribute_method(method, dist, device, config):
 
 
 # ---- teachers ----------------------------------------------------------------------------------
+def _check_teacher_files(config, method_cls, state):
+    """A teacher weights file the config names must exist and not be empty, checked before any
+    data is loaded; the error names the config field (robust_teacher / clean_teacher)."""
+    if state is not None:
+        return  # the teachers come with the checkpoint
+    for kind in ("robust", "clean"):
+        path = getattr(config, f"{kind}_teacher")
+        if not path or not getattr(method_cls, f"needs_{kind}_teacher"):
+            continue
+        if not os.path.isfile(path):
+            raise ValueError(f"{kind}_teacher={path!r}: no such file; give the teacher's weights file, "
+                             f"or leave {kind}_teacher unset to train one first")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"{kind}_teacher={path!r} is an empty file (0 bytes; an interrupted copy?); "
+                             "give a complete weights file")
+
+
 def _teacher(config, kind, splits, device, state):
     """(model, path) of the robust or clean teacher: loaded from the config's path, restored from
     a resumed checkpoint, or trained first and cached under <out_dir>/teachers/<kind>/."""
@@ -241,12 +264,15 @@ def _teacher(config, kind, splits, device, state):
     if state is not None:
         return model, path or "(restored from checkpoint)"  # weights come with the method state
     if path:
-        load_weights(model, path)
+        try:
+            load_weights(model, path)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"{kind}_teacher={path!r} (for {kind}_teacher_model={model_name!r}): {exc}") from None
         return model, path
     sub = _teacher_config(config, kind)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ", managed=True)
+        _run_or_continue(sub, cached, progress_prefix=f"[{kind} teacher] ")
     load_weights(model, ckpt.load_checkpoint(cached)["student"])
     return model, cached
 
@@ -268,6 +294,25 @@ def _teacher_config(config, kind):
         precision=config.precision, channels_last=config.channels_last, cuda_graphs=config.cuda_graphs,
         compile=config.compile,
     ))
+
+
+def _run_or_continue(sub, cached, progress_prefix):
+    """Train an engine-managed run (a teacher) into its folder, continuing an interrupted one
+    (e.g. preempted by SIGTERM) when its checkpoint was written with the very same config."""
+    state = None
+    if os.path.isfile(cached):
+        try:
+            state = ckpt.load_checkpoint(cached)
+        except ValueError:
+            state = None
+        skip = ("resume", "stop_after", "progress")
+        saved = dict(state["config"]) if state is not None else {}
+        if state is None or any(saved.get(k) != v for k, v in sub.to_dict().items() if k not in skip):
+            state = None
+    if state is not None:
+        print(f"{progress_prefix}continuing the interrupted run from {cached}", file=sys.stderr)
+        return _run(sub.replace(resume=cached), state, progress_prefix=progress_prefix, managed=True)
+    return _run(sub, progress_prefix=progress_prefix, managed=True)
 
 
 def _is_finished(path, config):

@@ -155,7 +155,7 @@ def claim_run_folder(folder, *, resuming=False, managed=False, user_given=True, 
                 f"out_dir {folder!r} already holds a run ({', '.join(existing[:5])}"
                 f"{', ...' if len(existing) > 5 else ''}); resume it with --resume {os.path.join(folder, 'last.pt')}, "
                 f"choose another out_dir, or pass --overwrite true (overwrite=True) to replace it")
-        if managed or (overwrite and not resuming):
+        if (managed or overwrite) and not resuming:
             remove_run_files(folder)
         remove_stale_temporaries(folder)
         return folder, lock

@@ -30,6 +30,9 @@ class RunInterrupted(Exception):
     def signal_name(self):
         return signal.Signals(self.signum).name
 
+    def __str__(self):  # the resume hint may be filled in by an outer run after construction
+        return self.message()
+
     def message(self):
         where = f"epoch {self.epoch}, step {self.step}"
         hint = self.resume_hint or f"ciard-fast train --resume {self.checkpoint}"
