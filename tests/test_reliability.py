@@ -263,6 +263,31 @@ def test_an_interrupted_teacher_continues_when_the_command_is_run_again(tmp_path
     _same_run(full.last_checkpoint, result.last_checkpoint)
 
 
+# ---- disk full --------------------------------------------------------------------------------
+def test_a_full_disk_is_one_line_naming_the_file_and_the_space_and_keeps_the_checkpoints(tmp_path, monkeypatch,
+                                                                                       capsys):
+    import errno
+
+    from ciard_fast.cli import main
+
+    ciard_fast.train(tiny(tmp_path, "run", stop_after=1))
+    before = {n: (tmp_path / "run" / n).read_bytes() for n in ("last.pt", "best.pt")}
+    real_save = torch.save
+
+    def full_disk(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code = main(["train", "--resume", str(tmp_path / "run" / "last.pt")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "could not write" in err and ("run/best.pt:" in err or "run/last.pt:" in err)
+    assert "the disk is full" in err and "MiB free" in err
+    assert {n: (tmp_path / "run" / n).read_bytes() for n in before} == before
+    assert not [n for n in os.listdir(tmp_path / "run") if n.startswith(".tmp-")]
+
+
 # ---- files --------------------------------------------------------------------------------------
 def test_run_outputs_are_0644_and_no_temporaries_are_left(tmp_path):
     folder = tmp_path / "run"

@@ -275,11 +275,12 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         if first:
             with torch.no_grad():
                 num_classes = model(xb[:2]).shape[1]
+        # Every batch, not only the first: a label >= K later on would silently count as an error.
+        check_labels_in_range(yb, num_classes)
+        if first:
             findings = check_model_sanity(model, xb, yb, strict=strict)
             found.extend(findings)
             first = False
-        # Every batch, not only the first: a label >= K later on would silently count as an error.
-        check_labels_in_range(yb, num_classes)
         robust = torch.ones(xb.shape[0], dtype=torch.bool, device=device)
         for column in columns:
             _sync(device)

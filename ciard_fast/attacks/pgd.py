@@ -71,8 +71,10 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
     """
     if validate:
         check_model(model)
-        check_model_matches(model, x)
+        if isinstance(x, torch.Tensor) and x.is_meta:  # before check_images reads its values
+            check_model_matches(model, x)
         check_images(x)
+        check_model_matches(model, x)
         check_labels(y, x.shape[0])
         check_radius(eps, x.shape[0], "eps")
         check_step_size(alpha, x.shape[0], "alpha")

@@ -48,7 +48,7 @@ def check_model_matches(model, x, name="x"):
     (under autocast the dtypes may differ: the autocast context casts the inputs)."""
     if isinstance(x, torch.Tensor) and x.is_meta:
         raise ValueError(f"{name} is a meta tensor (shape only, no data); pass real images")
-    if not isinstance(model, torch.nn.Module):
+    if not isinstance(model, torch.nn.Module) or not isinstance(x, torch.Tensor):
         return
     param = next(iter(model.parameters()), None)
     if param is None:

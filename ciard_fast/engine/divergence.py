@@ -7,8 +7,6 @@ device: every `log_every` steps, at the end of an epoch and before any checkpoin
 epoch, step, lr and the loss terms, before anything is saved, so the last good checkpoint stays
 as it was and NaN weights are never written.
 """
-import math
-
 import torch
 
 
@@ -56,7 +54,3 @@ def check_finite_weights(modules, epoch, step, lr, last_good):
     raise DivergenceError(
         f"training diverged at epoch {epoch}, step {step} (lr {lr:g}): the model weights became non-finite "
         f"while the logged losses were finite. They were not saved; {last_good}. Lower lr and start again.")
-
-
-def finite_number(value):
-    return isinstance(value, (int, float)) and math.isfinite(value)
