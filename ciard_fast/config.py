@@ -104,6 +104,13 @@ class TrainConfig:
         free numbered folder (`runs/demo-2`) instead of refusing (`engine/rundir.py`)."""
         return getattr(self, "_out_dir_given", self.out_dir is not None)
 
+    def with_default_out_dir(self, path):
+        """This config writing to `path` as a default folder (not the user's choice): a run there
+        that finds an earlier run moves to `path-2`, ... instead of refusing (see out_dir_given)."""
+        config = self.replace(out_dir=path)
+        object.__setattr__(config, "_out_dir_given", False)
+        return config
+
     def to_dict(self):
         data = dataclasses.asdict(self)
         data["test_attacks"] = list(self.test_attacks)

@@ -225,14 +225,18 @@ def test_checkpoint_every_steps_writes_resumable_mid_epoch_checkpoints(tmp_path,
                                  clean_teacher_args={"width": 4}, teacher_epochs=1, E_itt=1))
     written = []
     real = ckpt.save_checkpoint
-    monkeypatch.setattr(ckpt, "save_checkpoint", lambda p, s: (written.append(s.get("mid_epoch")), real(p, s))[1])
+    monkeypatch.setattr(ckpt, "save_checkpoint", lambda p, s: (written.append((str(p), s.get("mid_epoch"))),
+                                                               real(p, s))[1])
     # stop_after=... cannot stop inside an epoch: copy the mid-epoch last.pt when it is written
     cut = tiny(tmp_path, "cut", method="ciard", robust_teacher_model="small_cnn", robust_teacher_args={"width": 4},
                clean_teacher_model="small_cnn", clean_teacher_args={"width": 4}, teacher_epochs=1, E_itt=1,
                checkpoint_every_steps=4)
     ciard_fast.train(cut)
-    # 5 steps an epoch: global steps 4, 8, 12 fall inside epochs 1, 2, 3
-    assert [(m["epoch"], m["steps"]) for m in written if m is not None] == [(1, 4), (2, 3), (3, 2)]
+    # 5 steps an epoch: global steps 4, 8, 12 fall inside epochs 1, 2, 3 (the teachers, trained
+    # first with the same setting, write their own mid-epoch checkpoints in teachers/)
+    student = [(m["epoch"], m["steps"]) for p, m in written if m is not None and "teachers" not in p]
+    assert student == [(1, 4), (2, 3), (3, 2)]
+    assert any(m is not None and "teachers" in p for p, m in written)
     _same_run(full.last_checkpoint, os.path.join(cut.out_dir, "last.pt"))
     # resume from a mid-epoch checkpoint taken in epoch 2 (ITT active: the robust teacher moves)
     monkeypatch.undo()
@@ -261,6 +265,31 @@ def test_an_interrupted_teacher_continues_when_the_command_is_run_again(tmp_path
     teacher = tmp_path / "run" / "teachers" / "robust" / "last.pt"
     _same_run(tmp_path / "full" / "teachers" / "robust" / "last.pt", teacher)
     _same_run(full.last_checkpoint, result.last_checkpoint)
+
+
+def test_a_signal_during_the_final_evaluation_stops_at_once_and_resume_evaluates(tmp_path, monkeypatch):
+    from ciard_fast.engine import api
+
+    real = api._test_metrics
+    monkeypatch.setattr(api, "_test_metrics", lambda *a: (os.kill(os.getpid(), signal.SIGTERM), real(*a))[1])
+    with pytest.raises(RunInterrupted, match="SIGTERM received: stopped at epoch 3"):
+        ciard_fast.train(tiny(tmp_path, "run"))
+    assert not (tmp_path / "run" / "results.json").exists()
+    monkeypatch.undo()
+    result = ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))
+    assert result.metrics and (tmp_path / "run" / "results.json").exists()
+
+
+def test_the_teacher_command_numbers_its_default_folder(tmp_path, monkeypatch, capsys):
+    from ciard_fast.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["teacher", "--method", "natural", "--model", "small_cnn", "--dataset", "synthetic",
+            "--dataset_args", "{num_samples: 48, num_test: 16, image_size: 16}", "--val_size", "16",
+            "--student_args.width", "4", "--epochs", "1", "--batch_size", "16", "--test_attacks", "clean",
+            "--progress", "false", "--plot", "false", "--device", "cpu"]
+    assert main(args) == 0 and main(args) == 0
+    assert "this run writes to runs/teacher-natural-synthetic-small_cnn-2" in capsys.readouterr().err
 
 
 # ---- disk full --------------------------------------------------------------------------------

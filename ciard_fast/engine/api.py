@@ -26,7 +26,7 @@ from ..atomic import write_text_atomic
 from .logs import plot_history
 from .precision import autocast, resolve_device, resolve_precision
 from .rundir import claim_run_folder
-from .signals import RunInterrupted, graceful_stop
+from .signals import RunInterrupted, graceful_stop, stop_at_once
 from .trainer import Trainer
 
 
@@ -202,7 +202,8 @@ def _train_in_folder(config, state, progress_prefix):
     finished = run_state.epoch >= config.epochs
     if finished and config.test_attacks and dist.is_main:
         checkpoint, result.evaluated = _checkpoint_to_evaluate(trainer, run_state)
-        result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
+        with stop_at_once(trainer.last_path, run_state.epoch, run_state.step):  # nothing to save: stop at once
+            result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
         rows = {f"{config.method} student ({config.student})": result.metrics}
         if config.compare_natural_student:
             natural = _natural_student(config, splits, device)
@@ -292,8 +293,12 @@ def _teacher_config(config, kind):
         test_attacks=(), out_dir=os.path.join(config.resolved_out_dir(), "teachers", kind), seed=config.seed,
         device=config.device, progress=config.progress, log_every=config.log_every, plot=False,
         precision=config.precision, channels_last=config.channels_last, cuda_graphs=config.cuda_graphs,
-        compile=config.compile,
+        compile=config.compile, checkpoint_every_steps=config.checkpoint_every_steps,
     ))
+
+
+# Config keys that do not change what a run computes: a cached run that differs only in them is reused.
+RESULT_NEUTRAL = ("progress", "overwrite", "checkpoint_every_steps")
 
 
 def _run_or_continue(sub, cached, progress_prefix):
@@ -305,7 +310,7 @@ def _run_or_continue(sub, cached, progress_prefix):
             state = ckpt.load_checkpoint(cached)
         except ValueError:
             state = None
-        skip = ("resume", "stop_after", "progress")
+        skip = ("resume", "stop_after") + RESULT_NEUTRAL
         saved = dict(state["config"]) if state is not None else {}
         if state is None or any(saved.get(k) != v for k, v in sub.to_dict().items() if k not in skip):
             state = None
@@ -325,7 +330,8 @@ def _is_finished(path, config):
         return False
     saved = dict(state["config"])
     wanted = config.to_dict()
-    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items() if k != "progress")
+    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items()
+                                                   if k not in RESULT_NEUTRAL)
 
 
 def _natural_student(config, splits, device):

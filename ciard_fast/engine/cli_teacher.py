@@ -25,7 +25,9 @@ def run(args):
     overrides = parse_extra(getattr(args, "extra", []), args.method)
     overrides.update(method=args.method, student=args.model, dataset=args.dataset)
     overrides.setdefault("epochs", TrainConfig.teacher_epochs)
-    overrides.setdefault("out_dir", f"runs/teacher-{args.method}-{args.dataset}-{args.model}")
-    result = train(build_config(config_file=args.config, overrides=overrides))
+    config = build_config(config_file=args.config, overrides=overrides)
+    if config.out_dir is None:  # the default folder: a second teacher run goes to the next numbered one
+        config = config.with_default_out_dir(f"runs/teacher-{args.method}-{args.dataset}-{args.model}")
+    result = train(config)
     print(f"teacher checkpoint: {result.best_checkpoint or result.last_checkpoint}")
     return 0

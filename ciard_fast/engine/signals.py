@@ -39,6 +39,31 @@ class RunInterrupted(Exception):
         return f"{self.signal_name} received: stopped at {where} after writing {self.checkpoint}; resume with: {hint}"
 
 
+@contextlib.contextmanager
+def stop_at_once(checkpoint, epoch, step):
+    """Within `graceful_stop()`, make a signal raise RunInterrupted immediately (for work that
+    writes nothing until it ends, such as the final test evaluation: the checkpoints on disk are
+    already complete). A signal that came just before the block is honoured on entry."""
+    if not _STOP.get("installed"):
+        yield
+        return
+
+    def handler(signum, frame):
+        _STOP["signum"] = signum
+        raise RunInterrupted(signum, checkpoint, epoch, step)
+
+    if _STOP["signum"] is not None:
+        raise RunInterrupted(_STOP["signum"], checkpoint, epoch, step)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for s in previous:
+            signal.signal(s, handler)
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def stop_requested():
     """The signal number that asked the run to stop, or None."""
     return _STOP["signum"]
