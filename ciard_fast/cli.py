@@ -27,7 +27,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(argv_command=None):
-    parser = _Parser(prog="ciard-fast", description="Fast adversarial robustness distillation.")
+    parser = _Parser(prog="ciard-fast", description="Fast adversarial robustness distillation.",
+                     epilog="Exit status: 0 done; 1 the run failed (divergence, a file could not be written); "
+                            "2 bad input (one line; --debug shows the traceback); 143 / 130 stopped by "
+                            "SIGTERM / SIGINT after writing a resumable checkpoint (the resume command is printed).")
     parser.add_argument("--version", action="version", version=f"ciard-fast {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

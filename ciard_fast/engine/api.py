@@ -106,8 +106,19 @@ def train(config=None, **overrides):
 
     `config` is None (the `demo` preset), a preset name, a YAML file, a dict or a TrainConfig;
     keyword overrides win over it (TrainConfig fields or the method's options, e.g. T_push=3).
-    With `resume=PATH` the run continues exactly from that checkpoint: its saved config is reused,
-    and whatever is given here must agree with it on the method, data, models, batch and seed.
+    With `resume=PATH` the run continues exactly from that checkpoint (an epoch's end or, after a
+    signal or `checkpoint_every_steps`, inside an epoch) in the folder that holds PATH: its saved
+    config is reused, and whatever is given here must agree with it on the method, data, models,
+    batch and seed.
+
+    The run folder (`engine/rundir.py`): locked while the run writes it; an `out_dir` you give
+    that already holds a run is refused unless `overwrite=True`; the default or a preset's folder
+    moves to the next free numbered one (`runs/demo-2`).
+
+    Raises: ValueError/TypeError for bad input (before any data is loaded), RunFolderError (a
+    ValueError) for a locked or used folder, DivergenceError (a RuntimeError) when a loss or the
+    weights become non-finite, RunInterrupted after SIGTERM/SIGINT (a resumable last.pt is written
+    first), AtomicWriteError (an OSError) when a file cannot be written (e.g. a full disk).
     """
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
