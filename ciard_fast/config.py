@@ -338,6 +338,16 @@ def validate_config(config):
     models = list_models()
     for name in ("student", "robust_teacher_model", "clean_teacher_model"):
         _check_choice(name, getattr(config, name), models)
+    from .models.registry import _REGISTRY as MODEL_FACTORIES, _check_kwargs
+
+    for model_field, args_field in (("student", "student_args"), ("robust_teacher_model", "robust_teacher_args"),
+                                    ("clean_teacher_model", "clean_teacher_args")):
+        try:  # the model registry's own keyword check, up front and under the config's field names
+            _check_kwargs(getattr(config, model_field), MODEL_FACTORIES[getattr(config, model_field)],
+                          getattr(config, args_field))
+        except TypeError as exc:
+            raise TypeError(f"{args_field}={getattr(config, args_field)!r} for {model_field}="
+                            f"{getattr(config, model_field)!r}: {exc}") from None
     for attack in config.test_attacks:
         if attack not in ATTACKS:
             close = difflib.get_close_matches(attack, ATTACKS, n=1)
