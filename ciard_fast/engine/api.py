@@ -135,6 +135,8 @@ def _run(config, state=None, progress_prefix="", managed=False):
     dist = get_context(config.device)
     resolve_device(config.device)  # `--device cuda` without a GPU: one clear error before anything
     lock = None
+    # Rank 0 claims the folder and tells the others. Under torch.distributed a default folder that
+    # holds a run is refused like a user-given one (ranks must agree on the folder before any write).
     if dist.is_main:
         out_dir, lock = claim_run_folder(config.resolved_out_dir(), resuming=state is not None, managed=managed,
                                          user_given=config.out_dir_given or dist.enabled,
