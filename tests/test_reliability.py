@@ -167,6 +167,27 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, m
     assert {n: (tmp_path / "run" / n).read_bytes() for n in before} == before
 
 
+def test_the_divergence_flag_is_updated_without_a_host_sync(monkeypatch):
+    from ciard_fast.engine.divergence import FiniteMonitor
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_ciard_method import forbid_host_sync
+
+    monitor = FiniteMonitor()
+    good = {"loss": torch.tensor(1.0), "ce": torch.tensor(0.5)}
+    bad = {"loss": torch.tensor(float("inf")), "ce": torch.tensor(0.5)}
+    with forbid_host_sync(monkeypatch) as calls:
+        monitor.update(good)
+        monitor.update(bad)
+        monitor.update(good)  # the flag remembers the bad step
+    assert calls == []
+    with pytest.raises(DivergenceError, match=r"epoch 3, step 7 \(lr 0.5\).*ce=0.5"):
+        monitor.check(3, 7, 0.5, {"ce": torch.tensor(1.0)}, 2, "x is untouched")
+    monitor.reset()
+    monitor.update(good)
+    monitor.check(3, 8, 0.5, {}, 1, "")  # finite again after a reset: no error
+
+
 def test_nan_weights_are_never_saved(tmp_path):
     with pytest.raises(DivergenceError, match="weights became non-finite|loss became non-finite"):
         ciard_fast.train(tiny(tmp_path, "run", lr=1e12, epochs=2))
