@@ -21,9 +21,20 @@ SUBCOMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage block): 'ciard-fast train: error: ...', exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(argv_command=None):
-    parser = argparse.ArgumentParser(prog="ciard-fast", description="Fast adversarial robustness distillation.")
+    parser = _Parser(prog="ciard-fast", description="Fast adversarial robustness distillation.",
+                     epilog="Exit status: 0 done; 1 the run failed (divergence, a file could not be written); "
+                            "2 bad input (one line; --debug shows the traceback); 143 / 130 stopped by "
+                            "SIGTERM / SIGINT after writing a resumable checkpoint (the resume command is printed).")
     parser.add_argument("--version", action="version", version=f"ciard-fast {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -35,6 +46,9 @@ def build_parser(argv_command=None):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    # --debug is accepted anywhere (train/teacher pass unknown options on as config keys).
+    debug = "--debug" in argv or bool(os.environ.get("CIARD_FAST_DEBUG"))
+    argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(command if command in SUBCOMMANDS else None)
     if command in SUBCOMMANDS and getattr(import_module(SUBCOMMANDS[command][0]), "ACCEPTS_EXTRA", False):
@@ -45,14 +59,40 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    from .engine.divergence import DivergenceError
+    from .engine.signals import RunInterrupted
+
     try:
         return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
-    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
-        # Bad input: one clear line, not a traceback (CIARD_FAST_DEBUG=1 shows the traceback).
-        if os.environ.get("CIARD_FAST_DEBUG"):
+    except RunInterrupted as stop:
+        # SIGTERM / SIGINT: a resumable checkpoint was written; 128 + signal, as a killed process.
+        print(f"ciard-fast {args.command}: {stop}", file=sys.stderr)
+        return stop.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
+        if debug:
+            raise
+        print(f"ciard-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except DivergenceError as exc:
+        if debug:
             raise
         print(f"ciard-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
+        # Bad input: one clear line, not a traceback (--debug or CIARD_FAST_DEBUG=1 shows it).
+        if debug:
+            raise
+        print(f"ciard-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except OSError as exc:  # disk full, permissions (AtomicWriteError names the file and the space)
+        if debug:
+            raise
+        print(f"ciard-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc):
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ the closest valid ones, and where the valid ones are listed.
 """
 import dataclasses
 import difflib
+import math
+import numbers
 import os
+import re
 import typing
 from typing import Optional, Tuple, Union
 
@@ -92,10 +95,32 @@ class TrainConfig:
     compile: bool = False                  # torch.compile the models (in place: checkpoint keys unchanged)
     optimizer: str = "auto"                # auto (fused SGD on CUDA) | sgd | fused | apex (if importable)
     sync_batchnorm: bool = False           # DDP: synchronise BN statistics across ranks
+    # -- reliability ----------------------------------------------------------------------------
+    overwrite: bool = False                # reuse a non-empty out_dir the user named (its run files are replaced)
+    checkpoint_every_steps: Optional[int] = None  # also write a resumable mid-epoch last.pt every N steps
+
+    def __post_init__(self):
+        # Every field is checked when the config is built (Python, YAML, CLI, dataclasses.replace),
+        # before any data is loaded or teacher trained: a bad value is one clear error up front.
+        validate_config(self)
 
     # ---------------------------------------------------------------------------------------------
     def resolved_out_dir(self):
         return self.out_dir or os.path.join("runs", f"{self.method}-{self.dataset}-{self.student}")
+
+    @property
+    def out_dir_given(self):
+        """True when the user chose `out_dir` (keyword, CLI, their YAML file, a TrainConfig they
+        built); False for the default and a preset's folder, which a new run may move to the next
+        free numbered folder (`runs/demo-2`) instead of refusing (`engine/rundir.py`)."""
+        return getattr(self, "_out_dir_given", self.out_dir is not None)
+
+    def with_default_out_dir(self, path):
+        """This config writing to `path` as a default folder (not the user's choice): a run there
+        that finds an earlier run moves to `path-2`, ... instead of refusing (see out_dir_given)."""
+        config = self.replace(out_dir=path)
+        object.__setattr__(config, "_out_dir_given", False)
+        return config
 
     def to_dict(self):
         data = dataclasses.asdict(self)
@@ -148,8 +173,16 @@ def _read_yaml(path):
 
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"config file {path!r} is not valid YAML{at}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path!r} could not be read: {exc}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}")
     return data
@@ -236,6 +269,11 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
     if config_file is not None:
         layers.append(_resolve_base(_read_yaml(config_file), f"config file {config_file!r}", ()))
     layers.append(dict(overrides or {}))
+    # Who chose out_dir: the user's own layers (YAML file, overrides) or a base config they gave.
+    out_dir_given = base.out_dir_given if base is not None else False
+    user_layers = layers[1:] if preset is not None else layers
+    if any("out_dir" in layer and layer["out_dir"] is not None for layer in user_layers):
+        out_dir_given = True
     for layer in layers:
         layer = dict(layer)
         method_args.update(layer.pop("method_args", None) or {})
@@ -254,7 +292,8 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
         if key not in option_names:
             raise _unknown_key_error(key, method, option_names)
     config = TrainConfig(**fields, method_args=method_args)
-    validate_config(config)
+    validate_method_args(config.method, config.method_args)
+    object.__setattr__(config, "_out_dir_given", out_dir_given and config.out_dir is not None)
     return config
 
 
@@ -272,40 +311,185 @@ def derive_config(parent, declared, **changes):
     return config
 
 
+_CHOICES = {
+    "loader": ("device", "dali"),
+    "precision": ("auto", "fp32", "bf16"),
+    "optimizer": ("auto", "sgd", "fused", "apex"),
+    "attack_random_start": ("default", "uniform", "normal", "none"),
+    "robust_teacher_method": ("trades", "sat", "natural"),
+}
+# (low, low_inclusive, high, high_inclusive) of numeric fields; None: unbounded.
+_RANGES = {
+    "val_size": (0, True, None, False), "crop_padding": (0, True, None, False),
+    "teacher_epochs": (1, True, None, False), "teacher_lr": (0, False, None, False),
+    "epochs": (1, True, None, False), "batch_size": (1, True, None, False), "lr": (0, False, None, False),
+    "momentum": (0, True, 1, False), "weight_decay": (0, True, None, False),
+    "eps": (0, True, 1, True), "alpha": (0, False, 1, True), "attack_steps": (1, True, None, False),
+    "eval_every": (1, True, None, False), "eval_pgd_steps": (1, True, None, False), "eval_n": (1, True, None, False),
+    "test_n": (1, True, None, False), "seed": (0, True, None, False), "stop_after": (1, True, None, False),
+    "log_every": (1, True, None, False), "checkpoint_every_steps": (1, True, None, False),
+}
+_HINTS = {
+    "eps": " (images are in [0,1]; 8/255 is usual)", "alpha": " (measured on [0,1] pixels, e.g. 2/255)",
+    "batch_size": " (the global batch)", "eval_every": " (epochs)", "log_every": " (steps)",
+    "momentum": " (SGD momentum, e.g. 0.9)", "checkpoint_every_steps": " (steps; None: off)",
+}
+_DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
+
+
+def _type_name(annotation):
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return " or ".join(_type_name(a) for a in args)
+    if origin in (tuple, list):
+        return f"a list of {_type_name(args[0])}" if args else "a list"
+    return {type(None): "None", bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _matches(value, annotation):
+    """Does `value` have the type `annotation` names? No coercion: '0.1' is not a float and
+    'false' is not a bool (the CLI parses its strings before they get here)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return any(_matches(value, a) for a in args)
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if annotation is dict:
+        return isinstance(value, dict)
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
+    return True  # an annotation we do not know: no claim
+
+
+def _check_type(name, value, annotation, where="config"):
+    if not _matches(value, annotation):
+        hint = ""
+        if isinstance(value, str):
+            hint = " (a string: from Python pass the value itself, e.g. 0.1 or False, not '0.1' or 'false')"
+        raise TypeError(f"{where} field {name!r} must be {_type_name(annotation)}, got {value!r} "
+                        f"({type(value).__name__}){hint}")
+
+
+def _check_range(name, value, bounds):
+    if value is None:
+        return
+    low, low_inc, high, high_inc = bounds
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    bad = (low is not None and (value < low or (value == low and not low_inc))) or \
+          (high is not None and (value > high or (value == high and not high_inc)))
+    if bad:
+        if low is not None and high is not None:
+            rule = f"in {'[' if low_inc else '('}{low}, {high}{']' if high_inc else ')'}"
+        elif low is not None:
+            rule = f"{'>=' if low_inc else '>'} {low}"
+        else:
+            rule = f"{'<=' if high_inc else '<'} {high}"
+        raise ValueError(f"{name} must be {rule}{_HINTS.get(name, '')}, got {value!r}")
+
+
+def _check_choice(name, value, choices):
+    if value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}.{hint}")
+
+
 def validate_config(config):
-    """Range checks with the offending value and the fix."""
-    def need(condition, message):
-        if not condition:
-            raise ValueError(message)
+    """Check every field of `config`: its type (no strings for numbers or booleans from Python),
+    its range and, for names, that they are known. Raises TypeError/ValueError naming the field,
+    the value and the fix. Called by TrainConfig itself when it is built."""
+    hints = typing.get_type_hints(TrainConfig)
+    if isinstance(config.test_attacks, list):  # YAML and to_dict() give lists
+        object.__setattr__(config, "test_attacks", tuple(config.test_attacks))
+    for name in FIELD_NAMES:
+        _check_type(name, getattr(config, name), hints[name])
+    for name, bounds in _RANGES.items():
+        _check_range(name, getattr(config, name), bounds)
+    for name, choices in _CHOICES.items():
+        _check_choice(name, getattr(config, name), choices)
 
-    need(isinstance(config.epochs, int) and config.epochs >= 1, f"epochs must be an integer >= 1, got {config.epochs!r}")
-    need(isinstance(config.batch_size, int) and config.batch_size >= 1,
-         f"batch_size must be an integer >= 1, got {config.batch_size!r}")
-    need(config.lr > 0, f"lr must be > 0, got {config.lr!r}")
-    need(0 <= config.eps <= 1, f"eps must be in [0, 1] (images are in [0,1]; 8/255 is usual), got {config.eps!r}")
-    need(config.alpha > 0, f"alpha must be > 0, got {config.alpha!r}")
-    need(isinstance(config.attack_steps, int) and config.attack_steps >= 1,
-         f"attack_steps must be an integer >= 1, got {config.attack_steps!r}")
-    need(config.precision in ("auto", "fp32", "bf16"), f"precision must be auto, fp32 or bf16, got {config.precision!r}")
-    need(config.loader in ("device", "dali"), f"loader must be 'device' or 'dali', got {config.loader!r}")
-    need(config.optimizer in ("auto", "sgd", "fused", "apex"),
-         f"optimizer must be auto, sgd, fused or apex, got {config.optimizer!r}")
-    need(config.attack_random_start in ("default", "uniform", "normal", "none"),
-         f"attack_random_start must be default, uniform, normal or none, got {config.attack_random_start!r}")
-    need(isinstance(config.crop_padding, int) and config.crop_padding >= 0,
-         f"crop_padding must be an integer >= 0, got {config.crop_padding!r}")
-    need(isinstance(config.eval_every, int) and config.eval_every >= 1,
-         f"eval_every must be an integer >= 1 (epochs), got {config.eval_every!r}")
-    need(isinstance(config.log_every, int) and config.log_every >= 1,
-         f"log_every must be an integer >= 1 (steps), got {config.log_every!r}")
-    # the final table's columns must exist now, not after the whole training run
     from .attacks.columns import get_attack
+    from .data.registry import list_datasets
+    from .methods import list_methods
+    from .models import list_models
 
-    for name in config.test_attacks:
+    _check_choice("method", config.method, list_methods())
+    _check_choice("dataset", config.dataset, list_datasets())
+    models = list_models()
+    for name in ("student", "robust_teacher_model", "clean_teacher_model"):
+        _check_choice(name, getattr(config, name), models)
+    from .models.registry import check_model_kwargs
+
+    for model_field, args_field in (("student", "student_args"), ("robust_teacher_model", "robust_teacher_args"),
+                                    ("clean_teacher_model", "clean_teacher_args")):
+        try:  # the model registry's own keyword check, up front and under the config's field names
+            check_model_kwargs(getattr(config, model_field), getattr(config, args_field))
+        except TypeError as exc:
+            raise TypeError(f"{args_field}={getattr(config, args_field)!r} for {model_field}="
+                            f"{getattr(config, model_field)!r}: {exc}") from None
+    for attack in config.test_attacks:  # the registry of evaluation columns (attacks/columns.py)
         try:
-            get_attack(name)
+            get_attack(attack)
         except ValueError as exc:
             raise ValueError(f"test_attacks: {exc}") from None
+    if len(set(config.test_attacks)) != len(config.test_attacks):
+        raise ValueError(f"test_attacks lists an attack twice: {list(config.test_attacks)}")
+    device = config.device
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        raise ValueError(f"device must be {_DEVICE_FORMS}, got {device!r}")
+    for name in ("robust_teacher", "clean_teacher", "resume", "out_dir", "data_root"):
+        if getattr(config, name) == "":
+            raise ValueError(f"{name} is an empty string; give a path or leave it unset (None)")
+    for name in ("student_normalize", "robust_teacher_normalize", "clean_teacher_normalize"):
+        if getattr(config, name) == "":
+            raise ValueError(f"{name} is an empty string; give true, false or a dataset-statistics name")
+
+
+# Ranges of method options, by option name (the same name means the same thing in every method).
+_OPTION_RANGES = {
+    "tau": (0, False, None, False), "T_push": (0, False, None, False), "kd_weight": (0, True, 1, True),
+    "adv_weight": (0, True, 1, True), "w_nat": (0, True, 1, True), "beta": (0, True, None, False),
+    "E_itt": (0, True, None, False), "begin": (0, True, None, False), "eta_tau": (0, True, None, False),
+    "eta_w": (0, True, None, False), "teacher_lr": (0, False, None, False),
+    "teacher_momentum": (0, True, 1, False), "teacher_weight_decay": (0, True, None, False),
+    "kd_scale": (0, False, None, False),
+}
+_OPTION_CHOICES = {"weighting": ("adaptive", "fixed")}
+
+
+def validate_method_args(method, method_args):
+    """Type- and range-check a method's options (`method_args`) by their declared annotations."""
+    from .methods import get_method
+
+    options = get_method(method).Options
+    hints = typing.get_type_hints(options)
+    for name, value in method_args.items():
+        if name in hints:
+            _check_type(name, value, hints[name], where=f"method {method!r} option")
+        if name in _OPTION_RANGES and isinstance(value, numbers.Real) and not isinstance(value, bool):
+            _check_range(name, value, _OPTION_RANGES[name])
+        if name in _OPTION_CHOICES:
+            _check_choice(name, value, _OPTION_CHOICES[name])
+        if name == "rate_decay_epochs" and any(e < 0 for e in value):
+            raise ValueError(f"rate_decay_epochs must hold epochs >= 0, got {value!r}")
+    if "weight_bounds" in method_args:
+        low, high = method_args["weight_bounds"]
+        if not 0 < low <= high:
+            raise ValueError(f"weight_bounds must be (low, high) with 0 < low <= high, got {method_args['weight_bounds']!r}")
 
 
 # ---- parsing "--key value" strings from the command line ---------------------------------------
@@ -317,6 +501,8 @@ def _parse_number(text):
     """'0.1', '3', '8/255' -> float/int."""
     if "/" in text:
         num, den = text.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(f"{text!r} divides by zero")
         return float(num) / float(den)
     return float(text) if any(c in text for c in ".eE") else int(text)
 

@@ -88,18 +88,18 @@ def test_eval_errors_are_clear(checkpoints, capsys, tmp_path):
     plain, _ = checkpoints
     code, _, err = _run(capsys, "--weights", str(tmp_path / "missing.pt"), "--model", "small_cnn",
                         "--dataset", "digits")
-    assert code == 1 and "no weights file" in err
+    assert code == 2 and "no weights file" in err
     code, _, err = _run(capsys, "--weights", str(plain))
-    assert code == 1 and "--model and --dataset required" in err
+    assert code == 2 and "--model and --dataset required" in err
     code, _, err = _run(capsys, "--weights", str(plain), "--model", "small_cnn", "--dataset", "digits",
                         "--attacks", "clean,pgd")
-    assert code == 1 and "unknown attack 'pgd'" in err
+    assert code == 2 and "unknown attack 'pgd'" in err
     code, out, err = _run(capsys, "--weights", str(plain), "--model", "resnet20", "--dataset", "digits")
-    assert code == 1 and "does not fit" in err and "| Clean" not in out
+    assert code == 2 and "does not fit" in err and "| Clean" not in out
     not_a_checkpoint = tmp_path / "junk.pt"
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     code, _, err = _run(capsys, "--weights", str(not_a_checkpoint), "--model", "small_cnn", "--dataset", "digits")
-    assert code == 1 and "could not read" in err
+    assert code == 2 and "could not read" in err
     with pytest.raises(SystemExit):
         main(["eval", "--weights", str(plain), "--eps", "8"])
     assert "eps must be in [0, 1]" in capsys.readouterr().err

@@ -70,7 +70,7 @@ def test_run_writes_logs_checkpoints_and_results(tmp_path):
     # a teacher cached by the first run is reused (not retrained) by the next run with the same settings
     teacher = out / "teachers" / "robust" / "last.pt"
     stamp = os.path.getmtime(teacher)
-    ciard_fast.train(tiny_config(tmp_path, "run", epochs=1, test_attacks=()))
+    ciard_fast.train(tiny_config(tmp_path, "run", epochs=1, test_attacks=(), overwrite=True))
     assert os.path.getmtime(teacher) == stamp
 
 

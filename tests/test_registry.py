@@ -149,7 +149,7 @@ def test_a_method_and_a_column_added_only_by_registering(tmp_path, toy_extension
     preset = TrainConfig.from_preset("cifar10-resnet18-toy_at")
     assert (preset.method, preset.epochs, preset.weight_decay, preset.method_args) == ("toy_at", 40, 1e-3,
                                                                                         {"scale": 1.0})
-    assert preset.clean_teacher_normalize is True  # the base's clean-teacher settings: unused, dropped
+    assert preset.clean_teacher_normalize == TrainConfig.clean_teacher_normalize  # the base's clean-teacher settings: unused, dropped
 
     config = build_config(overrides={**TINY, "method": "toy_at", "out_dir": str(tmp_path / "run"),
                                      "test_attacks": ("clean", "toy_noise", "pgd_sat")})

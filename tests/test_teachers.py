@@ -70,7 +70,8 @@ def test_a_new_config_field_reaches_the_teacher_run_by_default():
     class Extended(TrainConfig):
         future_knob: int = 1
 
-    base = Extended(**{**base_config().__dict__, "future_knob": 5})
+    fields = {f.name: getattr(base_config(), f.name) for f in dataclasses.fields(TrainConfig)}
+    base = Extended(**{**fields, "future_knob": 5})
     run = teacher_run_config(teacher_spec(base, "robust"), base)
     assert isinstance(run, Extended) and run.future_knob == 5
 
@@ -78,8 +79,8 @@ def test_a_new_config_field_reaches_the_teacher_run_by_default():
 def test_teacher_run_config_is_the_same_for_settings_that_only_concern_the_student():
     base = base_config()
     reference = teacher_run_config(teacher_spec(base, "robust"), base)
-    for change in (dict(T_push=3.0), dict(epochs=9), dict(lr=0.5), dict(test_n=4), dict(clean_teacher_model="resnet20"),
-                   dict(student="resnet18"), dict(compare_natural_student=True), dict(stop_after=1)):
+    for change in (dict(T_push=3.0), dict(epochs=9), dict(lr=0.5), dict(test_n=4), dict(clean_teacher_model="small_resnet"),
+                   dict(student="small_resnet"), dict(compare_natural_student=True), dict(stop_after=1)):
         other = base_config(**change)
         assert teacher_run_config(teacher_spec(other, "robust"), other) == reference, change
     # ... but not for one that changes how the teacher is trained
@@ -100,8 +101,8 @@ def test_teacher_spec_reads_the_config_slots():
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(robust_teacher_method="ciard"), "robust_teacher_method='ciard'.*natural, sat, trades"),
-    (dict(teacher_epochs=0), "teacher_epochs must be an integer >= 1"),
+    (dict(robust_teacher_method="ciard"), "robust_teacher_method must be one of trades, sat, natural; got 'ciard'"),
+    (dict(teacher_epochs=0), "teacher_epochs must be >= 1, got 0"),
     (dict(teacher_lr=0.0), "teacher_lr must be > 0"),
 ])
 def test_bad_teacher_settings_are_clear_errors(change, match):
@@ -127,7 +128,7 @@ def test_ensure_teacher_returns_a_given_file_without_training(tmp_path, monkeypa
     monkeypatch.undo()
     monkeypatch.setattr(api, "_run", lambda *a, **k: pytest.fail("nothing to run"))
     base = base_config(out_dir=str(tmp_path / "run"), robust_teacher=str(tmp_path / "missing.pt"))
-    with pytest.raises(FileNotFoundError, match="robust_teacher=.*missing.pt.*no such file.*leave robust_teacher unset"):
+    with pytest.raises(ValueError, match="robust_teacher=.*missing.pt.*no such file.*leave robust_teacher unset"):
         api.train(base)
     assert not (tmp_path / "run").exists()
 
@@ -140,7 +141,8 @@ def test_ensure_teacher_trains_once_through_train_then_reuses(tmp_path, monkeypa
     monkeypatch.setattr(api, "train", lambda config, **kw: calls.append(config) or real_train(config, **kw))
     path = ensure_teacher(spec, base)
     assert path == str(tmp_path / "run" / "teachers" / "clean" / "last.pt") and os.path.isfile(path)
-    assert calls == [teacher_run_config(spec, base)]  # the public entry point, with the derived config
+    # the public entry point, with the derived config (in a folder the engine owns: overwrite)
+    assert calls == [teacher_run_config(spec, base).replace(overwrite=True)]
     stamp = os.path.getmtime(path)
     assert ensure_teacher(spec, base) == path and len(calls) == 1 and os.path.getmtime(path) == stamp
     # another teacher recipe is another run: trained again
@@ -179,7 +181,7 @@ def test_train_resolves_teachers_first_and_never_reenters_the_run(tmp_path, monk
     natural = tmp_path / "run" / "natural_student" / "last.pt"
     stamp = os.path.getmtime(natural)
     runs.clear()
-    again = ciard_fast.train(config)
+    again = ciard_fast.train(config.replace(overwrite=True))  # the student's folder is the user's: replaced on request
     assert runs == ["ciard"] and os.path.getmtime(natural) == stamp
     assert again.comparison == result.comparison  # and the same numbers, whether cached or not
 

@@ -177,9 +177,12 @@ def run(args):
                           strict=args.strict, device=device, progress=not args.no_progress, seed=args.seed,
                           aa_on_robust_only=args.aa_on_robust_only)
         report.model = model_name
-    except (ValueError, TypeError, FileNotFoundError, ImportError, EvaluationCheckError) as err:
+    except EvaluationCheckError as err:  # the model failed a strict sanity check: not a usage error
         print(f"ciard-fast eval: error: {err}", file=sys.stderr)
         return 1
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        print(f"ciard-fast eval: error: {err}", file=sys.stderr)
+        return 2  # bad input, as every ciard-fast command
     print(report.to_markdown(), end="")
     if args.json:
         print(f"wrote {report.save_json(args.json)}")

@@ -171,6 +171,9 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     own accuracy; an example counts as robust in "worst" only if it is classified correctly under
     every column (a per-example AND).
 
+    Non-finite logits anywhere (e.g. a model with NaN weights) raise EvaluationCheckError when
+    `strict`, else warn; every batch's labels are checked to be < the model's classes.
+
     Checks (EVALUATION.md "Rules"): each x_adv is asserted finite, in [0, 1] and within ε (+1e-6)
     of x — :class:`AdversarialCheckError` whatever `strict`; train mode, probability outputs, zero
     input gradients and a non-deterministic forward (checked on the first batch) and PGD accuracy
@@ -254,6 +257,9 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     bar = Progress(total=None if num_batches is None else num_batches * len(columns), enabled=progress)
     t_start = time.perf_counter()
     first = True
+    # AND of "every logit was finite" over all forwards that decide a column, on the device
+    # (read once at the end): a model with NaN weights must not report 10 % as an accuracy.
+    finite = torch.ones((), dtype=torch.bool, device=device)
     for xb, yb in batches:
         check_images(xb, "x")
         check_labels(yb, xb.shape[0], "y")
@@ -262,7 +268,9 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         if first:
             with torch.no_grad():
                 num_classes = model(xb[:2]).shape[1]
-            check_labels_in_range(yb, num_classes)
+        # Every batch, not only the first: a label >= K later on would silently count as an error.
+        check_labels_in_range(yb, num_classes)
+        if first:
             findings = check_model_sanity(model, xb, yb, strict=strict)
             found.extend(findings)
             first = False
@@ -279,7 +287,9 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
                 # every column's images are checked against the threat model before they are scored
                 assert_valid_adversarial(x_adv, xb, p.get("eps", eps), name=column)
             with torch.no_grad():
-                ok = counted(x_adv).argmax(dim=1) == yb
+                logits = counted(x_adv)
+                finite &= torch.isfinite(logits).all()
+                ok = logits.argmax(dim=1) == yb
             if column == "aa" and aa_on_robust_only:
                 ok &= robust
             robust &= ok
@@ -294,6 +304,13 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     if total == 0:
         raise ValueError("dataset_or_loader yielded no examples")
 
+    if not bool(finite.item()):
+        message = ("the model returned non-finite logits (NaN or inf; e.g. NaN weights from a diverged run): "
+                   "every accuracy below is meaningless")
+        if strict:
+            raise EvaluationCheckError(message)
+        found.append(message)
+        warnings.warn(message, EvaluationWarning, stacklevel=2)
     counts = {c: int(v.item()) for c, v in correct.items()}
     accuracy = {c: counts[c] / total for c in counts}
     found.extend(check_attack_ordering(accuracy, strict=strict))

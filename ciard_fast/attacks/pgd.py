@@ -11,9 +11,9 @@ from .. import kernels
 from . import graphs
 from ._common import frozen_parameters, to_device_param
 from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
-from .validate import (check_choice, check_images, check_kappa, check_labels, check_labels_in_range, check_model,
-                       check_model_dtype, check_radius, check_step_size, check_steps, check_target_logits,
-                       describe_value)
+from .validate import (check_choice, check_finite_logits, check_images, check_kappa, check_labels,
+                       check_labels_in_range, check_model, check_model_matches, check_radius, check_step_size,
+                       check_steps, check_target_logits, describe_value)
 
 __all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
 
@@ -87,8 +87,10 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
     """
     if validate:
         check_model(model)
+        if isinstance(x, torch.Tensor) and x.is_meta:  # before check_images reads its values
+            check_model_matches(model, x)
         check_images(x)
-        check_model_dtype(model, x)
+        check_model_matches(model, x)
         check_labels(y, x.shape[0])
         check_radius(eps, x.shape[0], "eps")
         check_step_size(alpha, x.shape[0], "alpha")
@@ -104,7 +106,7 @@ def pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=10, random_start="uniform
     if graphs.applicable(x, eps, alpha, generator, model, loss):
         return graphs.graphed_pgd(run_pgd, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa)
     return run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa, generator,
-                   check_label_range=validate and loss != "kl")
+                   check_label_range=validate and loss != "kl", check_logits=validate)
 
 
 def check_loss(loss):
@@ -118,11 +120,12 @@ def check_loss(loss):
 
 
 def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=None, kappa=50.0, generator=None,
-            check_label_range=False):
+            check_label_range=False, check_logits=False):
     """The PGD loop without argument validation (see :func:`pgd` for the arguments).
 
     For library callers that have validated their inputs (FGSM, CW∞, the training engine).
-    `check_label_range` checks y < K once, after the first forward (a host sync).
+    `check_label_range` checks y < K once, after the first forward (a host sync);
+    `check_logits` checks that forward's logits are finite (another).
     """
     x0 = x.detach()
     eps = to_device_param(eps, x0)
@@ -149,6 +152,8 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
                                      f"{tuple(logits.shape)}")
                 if check_label_range:
                     check_labels_in_range(y, logits.shape[1])
+                if check_logits:
+                    check_finite_logits(logits)
             if custom:
                 objective = loss(logits, x_adv)
                 if step == 0 and not (isinstance(objective, torch.Tensor) and objective.dim() == 0):

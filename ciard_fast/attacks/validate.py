@@ -26,6 +26,8 @@ __all__ = [
     "check_model_dtype",
     "check_target_logits",
     "check_kappa",
+    "check_model_matches",
+    "check_finite_logits",
 ]
 
 
@@ -64,6 +66,33 @@ def check_model_dtype(model, x, name="x"):
     if dtype is not None and dtype != x.dtype:
         raise TypeError(f"the model's parameters are {dtype} but the images {name} are {x.dtype}; convert one "
                         f"to the other ({name}.to({dtype}) or model.to({x.dtype}))")
+
+
+def check_model_matches(model, x, name="x"):
+    """An nn.Module's parameters must be real (not meta) and on x's device with x's dtype
+    (`check_model_dtype`: under autocast the dtypes may differ, the autocast context casts the inputs)."""
+    if isinstance(x, torch.Tensor) and x.is_meta:
+        raise ValueError(f"{name} is a meta tensor (shape only, no data); pass real images")
+    if not isinstance(model, torch.nn.Module) or not isinstance(x, torch.Tensor):
+        return
+    param = next(iter(model.parameters()), None)
+    if param is None:
+        return
+    if param.is_meta:
+        raise ValueError("the model's parameters are meta tensors (no data): load its weights "
+                         "(e.g. model.to_empty(device=...) then load_state_dict, or load_weights)")
+    if param.device != x.device:
+        raise ValueError(f"the model is on {param.device} but {name} is on {x.device}; move one of them, "
+                         f"e.g. {name} = {name}.to({str(param.device)!r})")
+    check_model_dtype(model, x, name)
+
+
+def check_finite_logits(logits, name="model"):
+    """The first forward's logits must be finite (one host sync): NaN weights would make every
+    step's gradient NaN and the attack a silent no-op."""
+    if not bool(torch.isfinite(logits.detach()).all().item()):
+        raise ValueError(f"the {name} returned non-finite logits (NaN or inf) for the clean start; its weights "
+                         "or inputs hold NaN/inf (a diverged run?), so no attack result would mean anything")
 
 
 def check_images(x, name="x"):

@@ -13,6 +13,7 @@ offline.
 import dataclasses
 import json
 import os
+import sys
 from typing import Optional
 
 import torch
@@ -27,6 +28,8 @@ from ..atomic import write_text_atomic
 from .logs import plot_history
 from .model_card import write_run_card
 from .precision import RunPrecision, resolve_device, resolve_precision
+from .rundir import claim_run_folder
+from .signals import RunInterrupted, graceful_stop, stop_at_once
 from .teachers import build_teachers, check_run_teachers, ensure_teachers, teacher_specs
 from .trainer import Trainer
 
@@ -38,7 +41,8 @@ NATURAL_STUDENT_OVERRIDES = ("method", "method_args", "lr", "compare_natural_stu
 @dataclasses.dataclass
 class TrainResult:
     """What a run produced. `metrics`: the final test-set accuracies (%) of the best checkpoint,
-    by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths."""
+    by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths;
+    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)"."""
 
     out_dir: str
     last_checkpoint: str
@@ -49,6 +53,7 @@ class TrainResult:
     teachers: dict = dataclasses.field(default_factory=dict)
     table: str = ""
     comparison: dict = dataclasses.field(default_factory=dict)
+    evaluated: str = ""
 
 
 def make_config(config=None, **overrides):
@@ -79,8 +84,29 @@ def _config_for_resume(path, overrides):
                 f"cannot change {key!r} when resuming ({saved.get(key)!r} in {path!r}, {overrides[key]!r} given); "
                 "start a new run instead"
             )
-    merged = build_config(overrides={**saved, **overrides, "resume": path})
+    # The run continues in the folder that holds the checkpoint (it may have been moved since).
+    folder = os.path.dirname(os.path.abspath(path))
+    merged = build_config(overrides={**saved, **overrides, "resume": path, "out_dir": folder, "overwrite": False})
+    _check_best_checkpoint(folder, state)
     return merged, state
+
+
+def _check_best_checkpoint(folder, last_state):
+    """Resume check of the on-disk invariant: `best.pt` is the epoch `last.pt` names, or one epoch
+    ahead of `last.pt` (a kill between the two writes; that epoch is trained again and rewrites
+    it). Anything else (a best.pt of another run, a missing one) would put a wrong row in the
+    final table, so it is an error naming both epochs."""
+    best_epoch, last_epoch = int(last_state.get("best_epoch", 0)), int(last_state["epoch"])
+    best_path = os.path.join(folder, "best.pt")
+    if best_epoch == 0:
+        return
+    if not os.path.isfile(best_path):
+        raise ValueError(f"{os.path.join(folder, 'last.pt')} names best epoch {best_epoch} but {best_path} is "
+                         "missing; restore it, or start a new run")
+    found = int(ckpt.load_checkpoint(best_path).get("epoch", -1))
+    if found not in (best_epoch, last_epoch + 1):
+        raise ValueError(f"{best_path} holds epoch {found} but {os.path.join(folder, 'last.pt')} (epoch {last_epoch}) "
+                         f"names best epoch {best_epoch}: the folder mixes two runs; start a new run")
 
 
 def train(config=None, *, progress_prefix="", **overrides):
@@ -88,12 +114,24 @@ def train(config=None, *, progress_prefix="", **overrides):
 
     `config` is None (the `demo` preset), a preset name, a YAML file, a dict or a TrainConfig;
     keyword overrides win over it (TrainConfig fields or the method's options, e.g. T_push=3).
-    With `resume=PATH` the run continues exactly from that checkpoint: its saved config is reused,
-    and whatever is given here must agree with it on the method, data, models, batch and seed.
+    With `resume=PATH` the run continues exactly from that checkpoint (an epoch's end or, after a
+    signal or `checkpoint_every_steps`, inside an epoch) in the folder that holds PATH: its saved
+    config is reused, and whatever is given here must agree with it on the method, data, models,
+    batch and seed.
+
     Teachers the method needs are resolved first (`ensure_teachers`: the given files, cached
     finished teacher runs, or teacher runs trained now); a resumed run restores its own. So is
     the natural comparison student (`compare_natural_student`): every run is started here, none
     inside another. `progress_prefix` starts every progress line (e.g. "[robust teacher] ").
+
+    The run folder (`engine/rundir.py`): locked while the run writes it; an `out_dir` you give
+    that already holds a run is refused unless `overwrite=True`; the default or a preset's folder
+    moves to the next free numbered one (`runs/demo-2`).
+
+    Raises: ValueError/TypeError for bad input (before any data is loaded), RunFolderError (a
+    ValueError) for a locked or used folder, DivergenceError (a RuntimeError) when a loss or the
+    weights become non-finite, RunInterrupted after SIGTERM/SIGINT (a resumable last.pt is written
+    first), AtomicWriteError (an OSError) when a file cannot be written (e.g. a full disk).
     """
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
@@ -109,9 +147,43 @@ def train(config=None, *, progress_prefix="", **overrides):
     return _run(config, restored, state, progress_prefix=progress_prefix)
 
 
-def _run(config, teacher_paths, state=None, progress_prefix=""):
-    """Execute one run whose teachers are already resolved: `teacher_paths` maps each teacher
-    the method needs ("robust"/"clean") to its weights file (unused when resuming from `state`)."""
+def _run(config, teacher_paths, state=None, progress_prefix="", managed=False):
+    """Claim the run folder (lock, numbered folder; see `engine/rundir.py`), then train a run whose
+    teachers are already resolved: `teacher_paths` maps each teacher the method needs
+    ("robust"/"clean") to its weights file (unused when resuming from `state`).
+
+    managed: a folder the engine retrains into (the natural comparison student)."""
+    dist = get_context(config.device)
+    resolve_device(config.device)  # `--device cuda` without a GPU: one clear error before anything
+    lock = None
+    # Rank 0 claims the folder and tells the others. Under torch.distributed a default folder that
+    # holds a run is refused like a user-given one (ranks must agree on the folder before any write).
+    if dist.is_main:
+        out_dir, lock = claim_run_folder(config.resolved_out_dir(), resuming=state is not None, managed=managed,
+                                         user_given=config.out_dir_given or dist.enabled,
+                                         overwrite=config.overwrite)
+    else:
+        out_dir = None
+    out_dir = dist.broadcast_object(out_dir) if dist.enabled else out_dir
+    if os.path.normpath(out_dir) != os.path.normpath(config.resolved_out_dir()):
+        config = config.replace(out_dir=out_dir)
+    try:
+        with graceful_stop():
+            return _train_in_folder(config, teacher_paths, state, progress_prefix)
+    except RunInterrupted as stop:
+        if stop.resume_hint is None and not progress_prefix:
+            if os.path.normpath(os.path.dirname(stop.checkpoint)) == os.path.normpath(out_dir):
+                stop.resume_hint = f"ciard-fast train --resume {stop.checkpoint}"
+            else:  # a teacher (or comparison) run inside this one was interrupted
+                stop.resume_hint = (f"the same command again (the finished parts are reused and the interrupted "
+                                    f"run continues from {stop.checkpoint})")
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in_folder(config, teacher_paths, state, progress_prefix):
     dist = get_context(config.device)
     device = resolve_device(config.device)
     if dist.enabled and device.type == "cuda":
@@ -154,18 +226,20 @@ def _run(config, teacher_paths, state=None, progress_prefix=""):
         os.makedirs(out_dir, exist_ok=True)
     run_state = trainer.fit()
 
-    best = trainer.best_path if os.path.isfile(trainer.best_path) else None
+    best = trainer.best_path if run_state.best_epoch > 0 else None
     result = TrainResult(out_dir=out_dir, last_checkpoint=trainer.last_path, best_checkpoint=best, metrics={},
                          history=run_state.history, config=config, teachers=teacher_paths)
     finished = run_state.epoch >= config.epochs
     if finished and config.test_attacks and dist.is_main:
-        result.metrics = _test_metrics(config, student, best, splits["test"], device)
+        checkpoint, result.evaluated = _checkpoint_to_evaluate(trainer, run_state)
+        with stop_at_once(trainer.last_path, run_state.epoch, run_state.step):  # nothing to save: stop at once
+            result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
         rows = {f"{config.method} student ({config.student})": result.metrics}
         if config.compare_natural_student:
             natural = _natural_student(config, splits, device)
             rows[f"natural student ({config.student})"] = natural
         result.comparison = rows
-        result.table = _markdown_table(rows, config)
+        result.table = _markdown_table(rows, config, result.evaluated)
         _write_results(out_dir, result)
         print(result.table)
     if finished and dist.is_main:
@@ -212,7 +286,7 @@ def _ensure_natural_student(config):
         return
     sub = natural_student_config(config)
     if not ckpt.is_finished_run(os.path.join(sub.resolved_out_dir(), "last.pt"), sub):
-        _run(sub, {}, progress_prefix="[natural student] ")  # the natural method needs no teachers
+        _run(sub, {}, progress_prefix="[natural student] ", managed=True)  # needs no teachers
 
 
 def _natural_student(config, splits, device):
@@ -225,6 +299,20 @@ def _natural_student(config, splits, device):
 
 
 # ---- final evaluation --------------------------------------------------------------------------
+def _checkpoint_to_evaluate(trainer, run_state):
+    """(path, label) of the weights the final table reports: best.pt when it holds the run's best
+    epoch, last.pt when the run had no validation. A best.pt of another epoch is an error: the
+    table must never come from weights other than the ones it names."""
+    if run_state.best_epoch == 0:
+        return trainer.last_path, f"last.pt (epoch {run_state.epoch}; no validation, so no best.pt)"
+    path = trainer.best_path
+    found = ckpt.load_checkpoint(path).get("epoch") if os.path.isfile(path) else None
+    if found != run_state.best_epoch:
+        raise RuntimeError(f"{path} holds epoch {found} but this run's best epoch is {run_state.best_epoch}; "
+                           "refusing to report the wrong weights. Evaluate a checkpoint with ciard-fast eval")
+    return path, f"best.pt (epoch {found})"
+
+
 def _test_metrics(config, model, checkpoint_path, test_set, device):
     """Accuracies (%) on the test split under the config's attacks, for the best checkpoint."""
     from ..attacks.evaluate import evaluate
@@ -237,9 +325,10 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
     return {name: 100.0 * value for name, value in report.accuracy.items()}  # fractions -> %
 
 
-def _markdown_table(rows, config):
+def _markdown_table(rows, config, evaluated=""):
     columns = order_columns(k for metrics in rows.values() for k in metrics)
-    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}", ""]
+    source = f" (student weights: {evaluated})" if evaluated else ""
+    lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}{source}", ""]
     body = [[name] + [format_accuracy(metrics.get(c)) for c in columns] for name, metrics in rows.items()]
     lines += render_table(["model"] + [column_label(c) for c in columns], body)
     return "\n".join(lines) + "\n"
@@ -249,4 +338,5 @@ def _write_results(out_dir, result):
     write_text_atomic(os.path.join(out_dir, "results.md"), result.table)
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
         {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
-         "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint}, indent=2))
+         "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint,
+         "evaluated": result.evaluated}, indent=2))

@@ -59,16 +59,38 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# Config keys that do not change what a run computes: a cached run that differs only in them is
+# reused (or continued).
+RESULT_NEUTRAL = ("progress", "overwrite", "checkpoint_every_steps")
+
+
+def same_run_config(saved, config, ignore=()):
+    """True when a checkpoint's saved config dict describes the run `config` (a TrainConfig),
+    apart from `RESULT_NEUTRAL` and the keys in `ignore`."""
+    skip = RESULT_NEUTRAL + tuple(ignore)
+    return all(saved.get(k) == v for k, v in config.to_dict().items() if k not in skip)
+
+
+def _readable(path):
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_checkpoint(path)
+    except ValueError:
+        return None
+
+
 def is_finished_run(path, config):
     """True when `path` is a readable checkpoint of a run that finished (epoch >= config.epochs)
-    with the very same config as `config` (a TrainConfig), apart from the progress display.
+    with the very same config as `config` (a TrainConfig), apart from `RESULT_NEUTRAL`.
     Cached teacher and natural-student runs are reused only then."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        state = load_checkpoint(path)
-    except ValueError:
-        return False
-    saved = dict(state["config"])
-    wanted = config.to_dict()
-    return state["epoch"] >= config.epochs and all(saved.get(k) == v for k, v in wanted.items() if k != "progress")
+    state = _readable(path)
+    return state is not None and state["epoch"] >= config.epochs and same_run_config(dict(state["config"]), config)
+
+
+def is_interrupted_run(path, config):
+    """True when `path` is a readable checkpoint of an unfinished run of `config` (killed,
+    preempted by SIGTERM): it can be continued exactly with `resume=path`."""
+    state = _readable(path)
+    return (state is not None and state["epoch"] < config.epochs
+            and same_run_config(dict(state["config"]), config, ignore=("resume", "stop_after")))

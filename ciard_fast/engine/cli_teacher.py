@@ -33,15 +33,17 @@ def run(args):
     overrides = parse_extra(getattr(args, "extra", []), args.method)
     overrides.update(method=args.method, student=args.model, dataset=args.dataset)
     overrides.setdefault("epochs", TrainConfig.teacher_epochs)
-    overrides.setdefault("out_dir", f"runs/teacher-{args.method}-{args.dataset}-{args.model}")
     config = build_config(config_file=args.config, overrides=overrides)
+    # the default folder: a used one moves the run to the next numbered folder (engine/rundir.py)
+    numbered = config.out_dir is None
+    out_dir = config.out_dir or f"runs/teacher-{args.method}-{args.dataset}-{args.model}"
     spec = TeacherSpec(kind="clean" if config.method == "natural" else "robust", model=config.student,
                        model_args=config.student_args, normalize=config.student_normalize, method=config.method,
                        method_args=config.method_args, epochs=config.epochs, lr=config.lr)
-    out_dir = config.resolved_out_dir()
     run_config = teacher_run_config(spec, config, out_dir=out_dir, tested=True)
     reused = is_finished_run(os.path.join(out_dir, "last.pt"), run_config)
-    last = ensure_teacher(spec, config, out_dir=out_dir, tested=True)
+    last = ensure_teacher(spec, config, out_dir=out_dir, tested=True, numbered=numbered)
+    out_dir = os.path.dirname(last)
     results = os.path.join(out_dir, "results.md")
     if reused and os.path.isfile(results):
         print(f"reusing the finished teacher run in {out_dir}", file=sys.stderr)

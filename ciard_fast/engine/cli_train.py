@@ -32,12 +32,22 @@ def parse_extra(extra, method):
             if i + 1 < len(extra) and not extra[i + 1].startswith("--"):
                 value, i = extra[i + 1], i + 1
             else:
-                value = "true"  # a bare flag: --progress means --progress true
+                value = None  # a bare flag: --progress means --progress true (booleans only)
         overrides[key] = value
         i += 1
     method = overrides.get("method", method)
-    types = field_types(method)
+    try:
+        types = field_types(method)
+    except ValueError as exc:
+        raise ValueError(f"--method {method!r}: {exc}") from None
     from ..config import parse_value
+
+    for key, value in overrides.items():
+        if value is None:
+            kind = types.get(key, typing.Any)
+            if kind not in (bool, typing.Optional[bool], typing.Any):
+                raise ValueError(f"--{key} needs a value (e.g. --{key} VALUE)")
+            overrides[key] = "true"
 
     typed = {}
     for key, value in overrides.items():
@@ -72,5 +82,7 @@ def run(args):
         result = train(args.preset or (args.config if args.config else None), resume=args.resume, **overrides)
     else:
         result = train(build_config(preset=preset, config_file=args.config, overrides=overrides))
+    if result.evaluated:
+        print(f"test table from: {result.evaluated}")
     print(f"run folder: {result.out_dir}\nlast checkpoint: {result.last_checkpoint}\nbest checkpoint: {result.best_checkpoint}")
     return 0

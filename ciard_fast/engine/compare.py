@@ -245,7 +245,7 @@ def _run_method(config, reuse, teacher_times):
             return saved["row"]
     print(f"[compare] training {config.method} ({config.student}, {config.epochs} epochs)", file=sys.stderr)
     start = time.perf_counter()
-    result = train(config)
+    result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
     wall = time.perf_counter() - start
     seconds = sum(r.get("train_seconds", 0.0) for r in result.history)
     images = sum(r.get("train_seconds", 0.0) * r.get("train_images_per_s", 0.0) for r in result.history)

@@ -108,6 +108,15 @@ class DistContext:
             dist.barrier()
 
 
+    def broadcast_object(self, obj):
+        """Rank 0's Python object on every rank (e.g. the run folder rank 0 claimed)."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+
 _CONTEXT = None
 
 

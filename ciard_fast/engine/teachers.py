@@ -157,30 +157,48 @@ def teacher_run_config(spec, base_config, out_dir=None, tested=False):
     return derive_config(base_config, TEACHER_RUN_OVERRIDES, **changes)
 
 
-def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True):
-    """The weights file of `spec`'s teacher: `spec.weights` when given; else the `last.pt` of its
-    run in `out_dir` (default `<base out_dir>/teachers/<kind>/`), reused when that run finished
-    with the very same config (`teacher_run_config`), else trained now with `train()`.
+def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, numbered=False):
+    """The weights file of `spec`'s teacher: `spec.weights` when given (it must exist and not be
+    empty); else the `last.pt` of its run in `out_dir` (default `<base out_dir>/teachers/<kind>/`),
+    reused when that run finished with the very same config (`teacher_run_config`), continued
+    exactly when it was interrupted (a kill, SIGTERM), else trained now with `train()`.
 
     `tested=True` (the `ciard-fast teacher` command) keeps `base_config`'s evaluation, so the run
-    prints its test table. Returns the path; load it with `ciard_fast.models.load_weights`.
+    prints its test table, and its folder rules: a used folder is refused unless `overwrite`, or
+    with `numbered=True` (a default folder) the run moves to the next free numbered folder.
+    Otherwise the folder is the engine's own and is retrained into. Returns the weights path;
+    load it with `ciard_fast.models.load_weights`.
     """
     if spec.weights:
-        if not os.path.isfile(spec.weights):
-            field = TEACHER_FIELDS[spec.kind]["weights"]
-            raise FileNotFoundError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's "
-                                    f"weights file, or leave {field} unset to train the teacher first")
+        _check_weights_file(spec)
         return spec.weights
     from .api import train  # the engine's public entry point (api imports this module)
 
     config = teacher_run_config(spec, base_config, out_dir=out_dir, tested=tested)
     path = os.path.join(config.resolved_out_dir(), "last.pt")
+    prefix = "" if tested else f"[{spec.kind} teacher] "
     if reuse and ckpt.is_finished_run(path, config):
         if config.progress:
-            print(f"[{spec.kind} teacher] reusing the finished run in {config.resolved_out_dir()}", file=sys.stderr)
+            print(f"{prefix or '[teacher] '}reusing the finished run in {config.resolved_out_dir()}", file=sys.stderr)
         return path
-    train(config, progress_prefix="" if tested else f"[{spec.kind} teacher] ")
-    return path
+    if reuse and ckpt.is_interrupted_run(path, config):
+        print(f"{prefix or '[teacher] '}continuing the interrupted run from {path}", file=sys.stderr)
+        return train(resume=path, progress_prefix=prefix).last_checkpoint
+    if numbered:
+        config = config.with_default_out_dir(config.resolved_out_dir())
+    elif not tested:
+        config = derive_config(config, ("overwrite",), overwrite=True)  # the engine owns this folder
+    return train(config, progress_prefix=prefix).last_checkpoint
+
+
+def _check_weights_file(spec):
+    field = TEACHER_FIELDS[spec.kind]["weights"]
+    if not os.path.isfile(spec.weights):
+        raise ValueError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's weights file, "
+                         f"or leave {field} unset to train the teacher first")
+    if os.path.getsize(spec.weights) == 0:
+        raise ValueError(f"{field}={spec.weights!r} is an empty file (0 bytes; an interrupted copy?); "
+                         "give a complete weights file")
 
 
 def ensure_teachers(config):
@@ -205,7 +223,12 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
             normalize = False if state is None else _recorded_normalize(config, kind)
         model = build_model(spec.model, splits["train"], normalize, device, config, spec.model_args)
         if state is None:
-            load_weights(model, teacher_paths[kind])
+            try:
+                load_weights(model, teacher_paths[kind])
+            except (ValueError, TypeError) as exc:  # under the config's own field names
+                names = TEACHER_FIELDS[kind]
+                raise type(exc)(f"{names['weights']}={teacher_paths[kind]!r} (for {names['model']}={spec.model!r}): "
+                                f"{exc}") from None
         teachers[spec.method_keyword] = model
     return teachers
 

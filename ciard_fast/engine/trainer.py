@@ -4,7 +4,16 @@ Per step: `out = method.training_step(x, y)` under the run's autocast, backward 
 the student's optimiser step, `method.after_optimizer_step()`. Loss values are summed on the
 device and read on the host only every `log_every` steps and at the end of an epoch, so a step
 itself never waits on the host. After each epoch: validation (clean + PGD-20 on the held-out
-split) every `eval_every` epochs, `last.pt`, `best.pt` by (clean + PGD)/2, metrics CSV/JSONL.
+split) every `eval_every` epochs, `best.pt` by (clean + PGD)/2, then `last.pt`, metrics CSV/JSONL.
+
+Reliability (the on-disk invariant, divergence, signals):
+  * `best.pt` is written before `last.pt`, and each records its epoch, so at every instant the
+    `best_epoch` that `last.pt` names is either the epoch of `best.pt` or (after a kill between
+    the two writes) `best.pt` is one epoch ahead and is written again identically on resume.
+  * a non-finite loss is flagged on the device each step and read at the existing host reads
+    (`divergence.py`); NaN weights are never saved.
+  * SIGTERM/SIGINT (`signals.py`) and `checkpoint_every_steps` write a mid-epoch `last.pt`
+    (the epoch's running sums, steps and RNG included) from which a resume is bit-exact.
 """
 import dataclasses
 import os
@@ -14,6 +23,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
+from .divergence import FiniteMonitor, check_finite_weights
+from .signals import RunInterrupted, stop_requested
 from ..attacks.graphs import GraphCache, cuda_graphs
 from .logs import Progress, write_history
 from .optim import build_optimizer, set_lr
@@ -50,6 +61,7 @@ class RunState:
     best_score: float = float("-inf")
     best_epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
+    mid_epoch: dict = None  # resuming inside an epoch: its steps done, running sums, images, seconds
 
 
 class Trainer:
@@ -69,6 +81,7 @@ class Trainer:
         # The run owns its graphs: never shared with another run's student, released by fit().
         self.graphs = GraphCache() if use_graphs else None
         self.state = RunState()
+        self.monitor = FiniteMonitor()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
 
     @property
@@ -100,14 +113,23 @@ class Trainer:
         }
 
     def load_checkpoint_state(self, state):
-        """Continue exactly where `state` (from load_checkpoint) stopped."""
+        """Continue exactly where `state` (from load_checkpoint) stopped, at an epoch's end or inside one."""
         unwrap(self.student).load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         ckpt.set_rng_state(state["rng"])
+        mid = state.get("mid_epoch")
+        if mid is not None:  # the method's state and the RNG are put back again after start_epoch
+            mid = dict(mid, method=state["method"], rng=state["rng"])
         self.state = RunState(epoch=int(state["epoch"]), step=int(state["step"]),
                               best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
-                              history=list(state["history"]))
+                              history=list(state["history"]), mid_epoch=mid)
+
+    def last_good(self):
+        """Where the newest checkpoint on disk stands, for messages."""
+        if self.state.epoch == 0 and self.state.mid_epoch is None and not os.path.isfile(self.last_path):
+            return "no checkpoint was written yet"
+        return f"{self.last_path} (after epoch {self.state.epoch}) is untouched"
 
     # ---- the loop ------------------------------------------------------------------------------
     def fit(self):
@@ -127,6 +149,8 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             self.save(row)
+            if stop_requested():  # the signal came during validation or the save: the epoch is on disk
+                raise RunInterrupted(stop_requested(), self.last_path, epoch, self.state.step)
         return self.state
 
     def train_one_epoch(self, epoch):
@@ -136,28 +160,48 @@ class Trainer:
         set_lr(self.optimizer, lr)
         method.start_epoch(epoch)
         self.student.train()
-        sums, steps, images = {}, 0, 0
+        sums, steps, images, done_seconds = {}, 0, 0, 0.0
+        mid, self.state.mid_epoch = self.state.mid_epoch, None
+        if mid is not None and int(mid["epoch"]) == epoch:  # resume inside this epoch, exactly
+            method.load_state_dict(mid["method"])  # undo what start_epoch reset (e.g. Fair-ARD's counts)
+            ckpt.set_rng_state(mid["rng"])
+            sums = {k: v.clone() for k, v in mid["sums"].items()}
+            steps, images, done_seconds = int(mid["steps"]), int(mid["images"]), float(mid["seconds"])
+        skip = steps
         num_steps = len(loader)
-        start = time.perf_counter()
+        every = config.checkpoint_every_steps
+        self.monitor.reset()
+        start = time.perf_counter() - done_seconds
         first_batch_check = getattr(self.precision_ctx, "check_first_batch", None)  # engine.precision.RunPrecision
-        for x, y in loader:
+        for index, (x, y) in enumerate(loader):
+            if index < skip:  # the epoch's order is a function of (seed, epoch): skip what was done
+                continue
             if first_batch_check is not None:  # bf16 -> fp32 if bf16 gives non-finite logits (once per run)
                 first_batch_check([m for m in (self.student, getattr(method, "robust_teacher", None),
                                                getattr(method, "clean_teacher", None)) if m is not None], x)
                 first_batch_check = None
             out = step_forward(method, self.optimizer, x, y, self.precision_ctx, self.graphs)
             step_update(method, self.optimizer, out, sums)
+            self.monitor.update(out)  # on the device: read below, at the existing host reads
             steps += 1
             images += y.shape[0]
             self.state.step += 1
             if steps % config.log_every == 0 or steps == num_steps:
+                self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
                 self._show(epoch, steps, num_steps, sums, images, start)
+            signum = stop_requested()
+            if steps < num_steps and (signum or (every and self.state.step % every == 0)):
+                self.save_mid_epoch(epoch, lr, steps, sums, images, time.perf_counter() - start)
+                if signum:
+                    raise RunInterrupted(signum, self.last_path, epoch, self.state.step)
         if steps == 0:
             raise ValueError(
                 f"epoch {epoch} had no batches: the training split is smaller than batch_size={config.batch_size} "
                 "with drop_last; lower batch_size"
             )
         seconds = time.perf_counter() - start
+        self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
+        check_finite_weights(self._trained_modules(), epoch, self.state.step, lr, self.last_good())
         means = self._reduced_means(sums, steps)
         row = {"epoch": epoch, "lr": lr}
         row.update({f"train_{k}": v for k, v in means.items()})
@@ -165,6 +209,23 @@ class Trainer:
         row["train_seconds"] = seconds
         row["train_images_per_s"] = images * self.dist.world_size / max(seconds, 1e-9)
         return row
+
+    def _trained_modules(self):
+        return [unwrap(self.student)] + [unwrap(m) for m in self.method.trainable_modules().values()]
+
+    def save_mid_epoch(self, epoch, lr, steps, sums, images, seconds):
+        """A resumable `last.pt` inside `epoch` after `steps` of its steps (signals, checkpoint_every_steps).
+
+        Its `epoch` stays the last completed one (best.pt and the history are unchanged); the
+        `mid_epoch` entry holds what the rest of the epoch needs to continue bit-exactly."""
+        self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
+        check_finite_weights(self._trained_modules(), epoch, self.state.step, lr, self.last_good())
+        if self.is_main:
+            state = self.checkpoint_state()
+            state["mid_epoch"] = {"epoch": epoch, "steps": steps, "images": images, "seconds": seconds,
+                                  "sums": {k: v.detach().clone() for k, v in sums.items()}}
+            ckpt.save_checkpoint(self.last_path, state)
+        self.dist.barrier()
 
     def _reduced_means(self, sums, steps):
         keys = sorted(sums)
@@ -204,8 +265,10 @@ class Trainer:
         self.progress.end_epoch(f"epoch {row['epoch']}: {summary}")
         if self.is_main:
             state = self.checkpoint_state()
-            ckpt.save_checkpoint(self.last_path, state)
+            # best.pt first: a kill between the two writes leaves a last.pt that still names the
+            # best.pt on disk (or best.pt one epoch ahead, rewritten identically on resume).
             if self.state.best_epoch == row["epoch"]:
                 ckpt.save_checkpoint(self.best_path, state)
+            ckpt.save_checkpoint(self.last_path, state)
             write_history(self.out_dir, self.state.history)
         self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it

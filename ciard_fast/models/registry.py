@@ -81,6 +81,12 @@ def create_model(name, num_classes=10, normalize=None, **kw):
     return model
 
 
+def check_model_kwargs(name, kw):
+    """Raise TypeError (naming the accepted keywords) if model `name` does not accept keywords
+    `kw`; ValueError for an unknown name. For checking a config before anything is built."""
+    _check_kwargs(name, MODELS.get(name), kw)
+
+
 def _check_kwargs(name, factory, kw):
     # a clear message naming the accepted keywords instead of a bare "unexpected keyword"
     try:
