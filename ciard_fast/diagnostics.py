@@ -267,8 +267,8 @@ def _dali(device):
         import nvidia.dali as dali
     except Exception as exc:
         return "skip", f"NVIDIA DALI not installed ({type(exc).__name__}; optional: pip install ciard-fast[dali])", {}
-    from .data.dali import _import_dali
-    _import_dali()  # the pieces DaliLoader needs, including the torch plugin
+    from .data.dali import import_dali
+    import_dali()  # the pieces DaliLoader needs, including the torch plugin
     return "pass", f"NVIDIA DALI {dali.__version__} importable with its PyTorch plugin", {"version": dali.__version__}
 
 

@@ -24,7 +24,11 @@ _INSTALL_HINT = (
 )
 
 
-def _import_dali():
+def import_dali():
+    """The DALI pieces DaliLoader uses: (fn, pipeline_def, types, feed_ndarray).
+
+    Raises ImportError with the install hint when DALI or its PyTorch plugin is missing.
+    """
     try:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import feed_ndarray
@@ -68,7 +72,7 @@ class DaliLoader(BaseLoader):
         num_threads: int = 2,
         prefetch_queue_depth: int = 2,
     ):
-        fn, pipeline_def, types, self._feed_ndarray = _import_dali()
+        fn, pipeline_def, types, self._feed_ndarray = import_dali()
         images, labels = self._setup(dataset_or_images, labels, batch_size, shuffle, augment, crop_padding,
                                      flip, drop_last, seed, channels_last, dtype, rank, world_size)
         self.device, self.device_id = _resolve_device(device, device_id)
