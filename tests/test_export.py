@@ -219,6 +219,8 @@ def test_run_card_has_every_field_and_the_results_json_accuracies(run):
     assert card["training"]["method"] == "ard" and "tau" in card["training"]["options"]
     assert card["training"]["epochs"] == 2 and card["training"]["seed"] == 0
     assert card["teachers"]["robust"]["architecture"] == "small_cnn"
+    assert card["teachers"]["robust"]["kwargs"] == {"width": 4} and card["teachers"]["robust"]["normalize"] is True
+    assert card["teachers"]["robust"]["method"] == result.config.robust_teacher_method
     assert card["teachers"]["robust"]["path"] == result.teachers["robust"]
     assert card["software"]["torch"] == torch.__version__
     rb = card["robustbench"]
