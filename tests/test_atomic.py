@@ -50,3 +50,51 @@ def test_remove_stale_temporaries_only_touches_temporaries(tmp_path):
     removed = atomic.remove_stale_temporaries(tmp_path)
     assert [os.path.basename(p) for p in removed] == [".tmp-last.pt-abc"]
     assert os.listdir(tmp_path) == ["last.pt"]
+
+
+
+def test_curves_png_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A renderer that fails mid-write keeps the previous curves.png whole and leaves no temporary."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from ciard_fast.engine.logs import plot_history
+
+    history = [{"epoch": 1, "train_loss": 1.0, "val_clean": 10.0}, {"epoch": 2, "train_loss": 0.5, "val_clean": 20.0}]
+    target = tmp_path / "curves.png"
+    target.write_bytes(b"old")
+    real_savefig = Figure.savefig
+
+    def broken_savefig(self, f, **kwargs):
+        real_savefig(self, f, **kwargs)  # the whole PNG goes into the file object ...
+        raise RuntimeError("renderer crashed")  # ... and then the process fails before it is closed
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    with pytest.raises(RuntimeError, match="renderer crashed"):
+        plot_history(str(tmp_path), history)
+    assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["curves.png"]
+    monkeypatch.undo()
+    assert plot_history(str(tmp_path), history) == str(target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["curves.png"]
+
+
+def test_benchmark_json_goes_through_the_owner(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks"))
+    import common
+
+    calls = []
+
+    def spy(path, text):
+        calls.append(path)
+        return atomic.write_text_atomic(path, text)
+
+    monkeypatch.setattr(common, "write_text_atomic", spy)
+    target = tmp_path / "new" / "bench.json"
+    common.write_json(str(target), "test", [{"x": 1}], torch.device("cpu"), {"n": 2})
+    assert calls == [str(target)]
+    payload = json.loads(target.read_text())
+    assert payload["benchmark"] == "test" and payload["config"] == {"n": 2} and payload["rows"][0]["x"] == 1
