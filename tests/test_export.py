@@ -279,6 +279,8 @@ def test_export_of_other_weights_does_not_borrow_the_run_accuracies(run, tmp_pat
     card_other, card_same = (json.loads(open(e.card_json).read()) for e in (other, same))
     assert card_other["evaluation"] is None and "no evaluation" in card_other["evaluation_note"]
     assert card_other["robustbench"]["clean_acc"] is None
+    # the teachers ARD needs (only a robust one), read from the checkpoint's config
+    assert set(card_other["teachers"]) == {"robust"} and card_other["teachers"]["robust"]["architecture"] == "small_cnn"
     assert card_same["evaluation"]["accuracy"] == result.metrics
 
 

@@ -35,7 +35,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..version import __version__
-from .teachers import teacher_spec
+from .teachers import TEACHER_METHODS, teacher_spec
 
 CARD_FORMAT = "ciard-fast-model-card"
 CARD_VERSION = 1
@@ -213,8 +213,6 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
 
 
 def _is_teacher_method(method):
-    from .cli_teacher import TEACHER_METHODS
-
     return method in TEACHER_METHODS
 
 
