@@ -98,3 +98,47 @@ def test_benchmark_json_goes_through_the_owner(tmp_path, monkeypatch):
     assert calls == [str(target)]
     payload = json.loads(target.read_text())
     assert payload["benchmark"] == "test" and payload["config"] == {"n": 2} and payload["rows"][0]["x"] == 1
+
+
+def test_no_file_is_written_outside_the_owner():
+    """Every file the library and the benchmarks write goes through ciard_fast/atomic.py: no
+    open(..., "w"), Path.write_text/bytes, or torch.save / np.save / json.dump / savefig to a
+    path; those are fine only into the file object of a ``with atomic_write(...) as f`` block."""
+    import ast
+    import pathlib
+
+    repo = pathlib.Path(__file__).resolve().parent.parent
+    files = [p for p in (repo / "ciard_fast").rglob("*.py") if p.name != "atomic.py"]
+    files += sorted((repo / "benchmarks").rglob("*.py"))
+    # torch.save(obj, f), torch.jit.save(m, f), np.save(f, a), json.dump(obj, f), fig.savefig(f)
+    savers = {"torch.save", "torch.jit.save", "np.save", "numpy.save", "json.dump"}
+    offenders = []
+    for path in files:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        # file objects that are fine to save into: an atomic_write's, or an in-memory buffer
+        atomic_files = {item.optional_vars.id for node in ast.walk(tree) if isinstance(node, ast.With)
+                        for item in node.items
+                        if isinstance(item.context_expr, ast.Call) and isinstance(item.optional_vars, ast.Name)
+                        and ast.unparse(item.context_expr.func).endswith("atomic_write")}
+        atomic_files |= {target.id for node in ast.walk(tree) if isinstance(node, ast.Assign)
+                         and isinstance(node.value, ast.Call)
+                         and ast.unparse(node.value.func) in ("io.BytesIO", "io.StringIO")
+                         for target in node.targets if isinstance(target, ast.Name)}
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Call):
+                continue
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+            where = f"{path.relative_to(repo)}:{node.lineno}"
+            if name == "open" and isinstance(func, ast.Name):
+                mode = node.args[1] if len(node.args) > 1 else next(
+                    (k.value for k in node.keywords if k.arg == "mode"), None)
+                if isinstance(mode, ast.Constant) and set(str(mode.value)) & set("wax+"):
+                    offenders.append(f"{where}: open(..., {mode.value!r})")
+            elif name in ("write_text", "write_bytes") and isinstance(func, ast.Attribute):
+                offenders.append(f"{where}: .{name}(...)")
+            elif isinstance(func, ast.Attribute) and (ast.unparse(func) in savers or name == "savefig"):
+                targets = [a for a in node.args if isinstance(a, ast.Name) and a.id in atomic_files]
+                if not targets:
+                    offenders.append(f"{where}: {ast.unparse(func)}(...) not into an atomic_write file")
+    assert not offenders, offenders
