@@ -101,7 +101,7 @@ def test_benchmark_json_goes_through_the_owner(tmp_path, monkeypatch):
 
 
 def test_no_file_is_written_outside_the_owner():
-    """Every file the library and the benchmarks write goes through ciard_fast/atomic.py: no
+    """Every file the library, its kernels and the benchmarks write goes through ciard_fast/atomic.py: no
     open(..., "w"), Path.write_text/bytes, or torch.save / np.save / json.dump / savefig to a
     path; those are fine only into the file object of a ``with atomic_write(...) as f`` block."""
     import ast
@@ -109,7 +109,7 @@ def test_no_file_is_written_outside_the_owner():
 
     repo = pathlib.Path(__file__).resolve().parent.parent
     files = [p for p in (repo / "ciard_fast").rglob("*.py") if p.name != "atomic.py"]
-    files += sorted((repo / "benchmarks").rglob("*.py"))
+    files += sorted((repo / "kernels").rglob("*.py")) + sorted((repo / "benchmarks").rglob("*.py"))
     # torch.save(obj, f), torch.jit.save(m, f), np.save(f, a), json.dump(obj, f), fig.savefig(f)
     savers = {"torch.save", "torch.jit.save", "np.save", "numpy.save", "json.dump"}
     offenders = []
