@@ -16,6 +16,8 @@ import time
 
 import torch
 
+from ciard_fast.atomic import write_text_atomic
+
 
 def add_common_args(parser, default_repeats=10):
     """--device, --repeats, --warmup, --json, --full: the options every benchmark script takes."""
@@ -131,11 +133,7 @@ def write_json(path, benchmark, rows, device, config):
             **device_info(device)}
     # Each row carries the device and versions too, so rows stay meaningful when collected.
     payload = {**meta, "config": config, "rows": [{**meta, **row} for row in rows]}
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")
+    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")  # creates the folder; whole or absent
     print(f"\nwrote {path}")
 
 

@@ -219,6 +219,8 @@ def test_run_card_has_every_field_and_the_results_json_accuracies(run):
     assert card["training"]["method"] == "ard" and "tau" in card["training"]["options"]
     assert card["training"]["epochs"] == 2 and card["training"]["seed"] == 0
     assert card["teachers"]["robust"]["architecture"] == "small_cnn"
+    assert card["teachers"]["robust"]["kwargs"] == {"width": 4} and card["teachers"]["robust"]["normalize"] is True
+    assert card["teachers"]["robust"]["method"] == result.config.robust_teacher_method
     assert card["teachers"]["robust"]["path"] == result.teachers["robust"]
     assert card["software"]["torch"] == torch.__version__
     rb = card["robustbench"]
@@ -277,6 +279,8 @@ def test_export_of_other_weights_does_not_borrow_the_run_accuracies(run, tmp_pat
     card_other, card_same = (json.loads(open(e.card_json).read()) for e in (other, same))
     assert card_other["evaluation"] is None and "no evaluation" in card_other["evaluation_note"]
     assert card_other["robustbench"]["clean_acc"] is None
+    # the teachers ARD needs (only a robust one), read from the checkpoint's config
+    assert set(card_other["teachers"]) == {"robust"} and card_other["teachers"]["robust"]["architecture"] == "small_cnn"
     assert card_same["evaluation"]["accuracy"] == result.metrics
 
 

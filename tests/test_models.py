@@ -293,7 +293,7 @@ def test_register_model_decorator_and_duplicates():
         with pytest.raises(TypeError):
             register_model("")
     finally:
-        registry_module._REGISTRY.pop(name, None)
+        registry_module.MODELS.unregister(name)
     assert name not in list_models()
 
 
@@ -305,7 +305,7 @@ def test_normalize_on_a_plain_module_is_a_type_error():
         with pytest.raises(TypeError, match="ImageClassifier"):
             create_model(name, normalize="cifar10")
     finally:
-        registry_module._REGISTRY.pop(name, None)
+        registry_module.MODELS.unregister(name)
 
 
 # --------------------------------------------------------------------------------------------

@@ -243,3 +243,19 @@ def test_teacher_cli_uses_the_same_recipe_and_reuses_a_finished_run(tmp_path, ca
     again = capsys.readouterr()
     assert os.path.getmtime(out / "last.pt") == stamp  # not trained again
     assert "reusing the finished teacher run" in again.err and "| trades student (small_cnn) |" in again.out
+
+
+def test_only_teachers_py_reads_the_teacher_slots_by_computed_name():
+    """getattr(config, f"{kind}_teacher_...") belongs to engine/teachers.py (`teacher_spec`);
+    every other module reads a TeacherSpec."""
+    root = pathlib.Path(ciard_fast.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path == root / "engine" / "teachers.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr")
+                    and len(node.args) > 1 and not isinstance(node.args[1], ast.Constant)
+                    and "teacher" in ast.unparse(node.args[1])):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert not offenders, offenders

@@ -24,7 +24,7 @@ from .checks import EvaluationCheckError
 from .columns import list_attacks
 from .evaluate import ATTACKS
 
-__all__ = ["add_arguments", "run", "parse_eps", "read_checkpoint", "describe_normalization"]
+__all__ = ["add_arguments", "run", "parse_eps", "positive_int", "read_checkpoint", "describe_normalization"]
 
 
 def parse_eps(text):
@@ -38,7 +38,8 @@ def parse_eps(text):
     return value
 
 
-def _positive_int(text):
+def positive_int(text):
+    """'3' -> 3; argparse type for counts (raises ArgumentTypeError below 1 or for a non-integer)."""
     try:
         value = int(text)
     except ValueError:
@@ -60,10 +61,10 @@ def add_arguments(parser):
     parser.add_argument("--attacks", default=",".join(ATTACKS),
                         help=f"comma-separated columns from {','.join(list_attacks())} (default: "
                              f"{','.join(ATTACKS)})")
-    parser.add_argument("--n", type=_positive_int, default=None, help="evaluate the first N examples (default: all)")
+    parser.add_argument("--n", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
     parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
-    parser.add_argument("--batch-size", type=_positive_int, default=256)
-    parser.add_argument("--num-classes", type=_positive_int, default=None,
+    parser.add_argument("--batch-size", type=positive_int, default=256)
+    parser.add_argument("--num-classes", type=positive_int, default=None,
                         help="model output classes (default: the dataset's)")
     parser.add_argument("--normalize", default=None, metavar="{dataset,none,NAME}",
                         help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "

@@ -95,8 +95,8 @@ def register_attack(name, label=None, defaults=None, overridable=(), order=None,
     def decorator(fn):
         if not callable(fn):
             raise TypeError(f"register_attack({name!r}) needs a callable run(model, x, y, params, ctx), got {fn!r}")
-        taken = ATTACK_REGISTRY._entries.get(name)
-        index = taken.seed_index if taken is not None else len(ATTACK_REGISTRY._entries)
+        taken = ATTACK_REGISTRY.get(name) if name in ATTACK_REGISTRY else None
+        index = taken.seed_index if taken is not None else len(ATTACK_REGISTRY.names())
         position = order if order is not None else 100.0 + index
         entry = EvalAttack(name=name, label=label or name, run=fn, defaults=defaults,
                            overridable=tuple(overridable), order=float(position), seed_index=index,

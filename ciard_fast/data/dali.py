@@ -25,6 +25,10 @@ _INSTALL_HINT = (
 
 
 def import_dali():
+    """The DALI pieces DaliLoader uses: (fn, pipeline_def, types, feed_ndarray).
+
+    Raises ImportError with the install hint when DALI or its PyTorch plugin is missing.
+    """
     try:
         from nvidia.dali import fn, pipeline_def, types
         from nvidia.dali.plugin.pytorch import feed_ndarray

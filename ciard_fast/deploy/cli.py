@@ -11,25 +11,16 @@ onnxruntime / safetensors) — one line on stderr each.
 import argparse
 import sys
 
-_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+from ..attacks.cli_eval import positive_int
+from ..config import parse_value
 
 
 def _bool(text):
-    if text.lower() in _TRUE:
-        return True
-    if text.lower() in _FALSE:
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-def _positive_int(text):
+    # the CLI's one spelling of booleans (1/0, true/false, yes/no, on/off), as for train's options
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+        return parse_value(text, bool)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser):
@@ -42,7 +33,7 @@ def add_arguments(parser):
     parser.add_argument("--fold_bn", "--fold-bn", type=_bool, default=None, metavar="true|false",
                         help="fold eval-mode BatchNorm into the convolutions (default true for onnx/torchscript; "
                              "safetensors keeps the plain weights)")
-    parser.add_argument("--n", type=_positive_int, default=256,
+    parser.add_argument("--n", type=positive_int, default=256,
                         help="validation images of the verification batch (default 256)")
     parser.add_argument("--allow_teacher", "--allow-teacher", action="store_true",
                         help="also export a teacher run's checkpoint (method natural/sat/trades)")

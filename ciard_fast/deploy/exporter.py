@@ -109,7 +109,7 @@ def _load_run(checkpoint, data_root, allow_teacher):
     from ..config import build_config
     from ..engine import checkpoint as ckpt
     from ..engine.builders import build_model, load_splits
-    from ..engine.cli_teacher import TEACHER_METHODS
+    from ..engine.teachers import TEACHER_METHODS
     from ..models import load_weights
 
     path = os.fspath(checkpoint)
@@ -426,6 +426,7 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
     """The run's card when it describes these weights (else one without an evaluation), + ``export``."""
     from ..engine.model_card import (CARD_JSON, build_model_card, read_model_card, weights_digest,
                                      write_model_card)
+    from ..engine.teachers import teacher_specs
 
     run_card = read_model_card(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CARD_JSON))
     digest = weights_digest(state["student"])
@@ -434,8 +435,7 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
     else:
         sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}
         sizes["image_size"] = tuple(splits["train"].image_size)
-        teachers = {kind: getattr(config, f"{kind}_teacher") or "(trained by the run)"
-                    for kind in ("robust", "clean") if _needs_teacher(config.method, kind)}
+        teachers = {kind: spec.weights or "(trained by the run)" for kind, spec in teacher_specs(config).items()}
         card = build_model_card(config, model, sizes, None, checkpoint, state["student"], teacher_paths=teachers,
                                 out_dir=os.path.dirname(os.path.abspath(checkpoint)))
         card["evaluation_note"] = ("no evaluation of these weights: the run folder has no model card for them "
@@ -450,9 +450,3 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
         "software": {"ciard_fast": __version__, "torch": torch.__version__},
     }
     return write_model_card(card, result.path + ".model_card.json", result.path + ".model_card.md")
-
-
-def _needs_teacher(method, kind):
-    from ..methods import get_method
-
-    return bool(getattr(get_method(method), f"needs_{kind}_teacher", False))

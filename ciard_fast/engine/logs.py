@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from ..atomic import write_text_atomic
+from ..atomic import atomic_write, write_text_atomic
 
 
 def write_history(out_dir, history):
@@ -88,6 +88,7 @@ def plot_history(out_dir, history, filename="curves.png"):
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     path = os.path.join(out_dir, filename)
-    fig.savefig(path, dpi=100)
+    with atomic_write(path) as f:  # like every run file: whole or absent, never a truncated PNG
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path

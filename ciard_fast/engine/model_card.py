@@ -35,6 +35,7 @@ import torch
 
 from ..atomic import write_text_atomic
 from ..version import __version__
+from .teachers import TEACHER_METHODS, teacher_spec
 
 CARD_FORMAT = "ciard-fast-model-card"
 CARD_VERSION = 1
@@ -116,11 +117,11 @@ def _teachers(config, out_dir, teacher_paths):
             raise ValueError(f"{path} must hold a JSON object keyed by 'robust'/'clean'; got {type(measured).__name__}")
     teachers = {}
     for kind, tpath in (teacher_paths or {}).items():
-        entry = {"path": tpath, "architecture": getattr(config, f"{kind}_teacher_model", None),
-                 "kwargs": dict(getattr(config, f"{kind}_teacher_args", {}) or {}),
-                 "normalize": getattr(config, f"{kind}_teacher_normalize", None)}
+        spec = teacher_spec(config, kind)  # the one reader of the <kind>_teacher* fields
+        entry = {"path": tpath, "architecture": spec.model, "kwargs": dict(spec.model_args),
+                 "normalize": spec.normalize}
         if kind == "robust":
-            entry["method"] = config.robust_teacher_method if not config.robust_teacher else "(given checkpoint)"
+            entry["method"] = spec.method if spec.weights is None else "(given checkpoint)"
         info = measured.get(kind)
         if isinstance(info, dict):
             for key in ("val_clean", "val_pgd"):
@@ -212,8 +213,6 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
 
 
 def _is_teacher_method(method):
-    from .cli_teacher import TEACHER_METHODS
-
     return method in TEACHER_METHODS
 
 

@@ -16,7 +16,6 @@ from torch import nn
 from ..registry import Registry
 
 MODELS = Registry("model")
-_REGISTRY = MODELS._entries  # the name -> factory mapping (tests remove what they registered)
 
 
 def register_model(name):
