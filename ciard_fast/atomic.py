@@ -107,6 +107,33 @@ def save_npy_atomic(path, array):
     return os.fspath(path)
 
 
+def create_exclusive(path, text, mode=FILE_MODE):
+    """Create `path` holding `text` (UTF-8) only if no file is there (``O_CREAT | O_EXCL``): the
+    primitive of lock files, where replacing an existing file would defeat the lock.
+
+    Raises FileExistsError when `path` exists (the caller reads who holds it); AtomicWriteError on
+    another I/O failure. A crash between the create and the write can leave an empty file, which
+    the lock's owner treats as unreadable (engine/rundir.py).
+    """
+    path = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        raise AtomicWriteError(_describe(path, error)) from error
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise AtomicWriteError(_describe(path, error)) from error
+    return path
+
+
 def remove_stale_temporaries(folder):
     """Delete the temporary files of interrupted writes in `folder` (not recursive).
 

@@ -133,7 +133,7 @@ def test_eval_reproduces_the_runs_accuracy_with_its_named_statistics(legacy_run,
     assert 100 * json.loads(json_path.read_text())["accuracy"]["clean"] == clean
     code = main(["eval", "--weights", legacy_run.best_checkpoint, "--normalize", "cifar1000", "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1 and "cifar10_legacy" in err and "Traceback" not in err
+    assert code == 2 and "cifar10_legacy" in err and "Traceback" not in err
 
 
 def test_eval_resolves_true_against_the_runs_own_dataset(tmp_path, capsys):

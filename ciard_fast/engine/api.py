@@ -10,6 +10,7 @@ Teachers a method needs but the config does not point to are trained first with 
 `<out_dir>/teachers/` (`ciard_fast.engine.teachers`), so the whole pipeline runs from scratch,
 offline.
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -136,15 +137,30 @@ def train(config=None, *, progress_prefix="", **overrides):
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
         config = make_config(config, **overrides)
-        teacher_paths = ensure_teachers(config)
-        _ensure_natural_student(config)
+        with _resume_hint_for_sub_runs():
+            teacher_paths = ensure_teachers(config)
+            _ensure_natural_student(config)
         return _run(config, teacher_paths, progress_prefix=progress_prefix)
     given = make_config(config, **overrides).to_dict() if config is not None else dict(overrides)
     config, state = _config_for_resume(resume, given)
     # the teachers' weights come with the method state of the checkpoint
     restored = {kind: spec.weights or "(restored from checkpoint)" for kind, spec in teacher_specs(config).items()}
-    _ensure_natural_student(config)
+    with _resume_hint_for_sub_runs():
+        _ensure_natural_student(config)
     return _run(config, restored, state, progress_prefix=progress_prefix)
+
+
+@contextlib.contextmanager
+def _resume_hint_for_sub_runs():
+    """A teacher or natural-student run interrupted before the main run started: the way back is
+    the same command (finished parts are reused, the interrupted run continues exactly)."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        if stop.resume_hint is None:
+            stop.resume_hint = (f"the same command again (the finished parts are reused and the interrupted "
+                                f"run continues from {stop.checkpoint})")
+        raise
 
 
 def _run(config, teacher_paths, state=None, progress_prefix="", managed=False):

@@ -2,8 +2,9 @@
 
 Trains a teacher with the same engine and the same recipe as the teachers `train()` makes when a
 distillation config points to none (`ciard_fast.engine.teachers.ensure_teacher`), and prints its
-test table. A finished run with the very same config in the output folder is reused, not trained
-again. Its `best.pt` is accepted as `--robust-teacher` / `--clean-teacher` by the distillation
+test table. A finished run with the very same config in an output folder you name (`--out_dir`)
+is reused, not trained again; the default folder `runs/teacher-<method>-<dataset>-<model>` moves a
+new run to the next free numbered folder when it already holds one. Its `best.pt` is accepted as `--robust-teacher` / `--clean-teacher` by the distillation
 methods. The `--key value` pairs are fields of the teacher's own run: `--epochs`, `--lr`,
 `--student_args.width 16` (the model's kwargs), `--student_normalize`, the method's options.
 """
@@ -41,8 +42,10 @@ def run(args):
                        model_args=config.student_args, normalize=config.student_normalize, method=config.method,
                        method_args=config.method_args, epochs=config.epochs, lr=config.lr)
     run_config = teacher_run_config(spec, config, out_dir=out_dir, tested=True)
-    reused = is_finished_run(os.path.join(out_dir, "last.pt"), run_config)
-    last = ensure_teacher(spec, config, out_dir=out_dir, tested=True, numbered=numbered)
+    # A folder you named that holds this very run, finished, is reused (nothing is overwritten);
+    # a default folder that holds a run moves this one to the next numbered folder.
+    reused = not numbered and is_finished_run(os.path.join(out_dir, "last.pt"), run_config)
+    last = ensure_teacher(spec, config, out_dir=out_dir, tested=True, reuse=not numbered, numbered=numbered)
     out_dir = os.path.dirname(last)
     results = os.path.join(out_dir, "results.md")
     if reused and os.path.isfile(results):

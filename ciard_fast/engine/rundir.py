@@ -22,7 +22,7 @@ import os
 import socket
 import sys
 
-from ..atomic import TEMP_PREFIX, remove_stale_temporaries
+from ..atomic import TEMP_PREFIX, create_exclusive, remove_stale_temporaries
 
 LOCK_NAME = "run.lock"
 # What a run writes in its folder (besides teachers/ and natural_student/ caches, which are only
@@ -73,7 +73,7 @@ class RunLock:
                 "command": " ".join(sys.argv)}
         for attempt in range(2):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                create_exclusive(self.path, json.dumps(info))
             except FileExistsError:
                 holder = self.read_holder()
                 stale = (holder.get("host") == info["host"] and isinstance(holder.get("pid"), int)
@@ -87,8 +87,6 @@ class RunLock:
                 raise RunFolderError(
                     f"run folder {self.folder!r} is in use by another run ({_describe_holder(holder)}); wait for it "
                     f"to finish or choose another out_dir. If that run is gone, delete {self.path}") from None
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(info, f)
             self.held = True
             return self
         raise RunFolderError(f"could not take the lock {self.path}")  # pragma: no cover (a race lost twice)
