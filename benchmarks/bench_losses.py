@@ -1,4 +1,4 @@
-"""The fused CIARD multi-teacher loss, forward + backward (PERFORMANCE.md, "Benchmarks").
+"""The fused CIARD multi-teacher loss, forward + backward (docs/performance.md, "Benchmarks").
 
 For each class count C (B = 128 by default), one CIARD loss evaluation and its backward with a
 random upstream gradient on (L_adv, L_nat, L_push), 0-d device tensors for τ:

@@ -1,4 +1,4 @@
-"""PGD attack throughput, and the fused PGD-step kernel alone (PERFORMANCE.md, "Benchmarks").
+"""PGD attack throughput, and the fused PGD-step kernel alone (docs/performance.md, "Benchmarks").
 
 Table 1, PGD-k attack (images/s), same model, batch, precision, all in one run:
   ours           ciard_fast.attacks.pgd (fused step + random start through the kernel dispatch)

@@ -1,4 +1,4 @@
-"""One CIARD training step end to end: ours vs the reference step (PERFORMANCE.md, "Benchmarks").
+"""One CIARD training step end to end: ours vs the reference step (docs/performance.md, "Benchmarks").
 
 Both sides train the same models (same initial weights) on the same synthetic uint8 dataset, at
 the same batch, in one run; each step includes getting its batch:
@@ -13,7 +13,7 @@ Printed: ms/step and images/s (median of --repeats after --warmup; CUDA events o
 time.perf_counter on CPU), the ratio, achieved TFLOP/s and MFU, host syncs per step (CUDA), and
 where the time goes by phase.
 
-FLOPs: PERFORMANCE.md's per-image forward cost F for the named models at 32×32 (ResNet-18 1.11,
+FLOPs: docs/performance.md's per-image forward cost F for the named models at 32×32 (ResNet-18 1.11,
 MobileNetV2 0.18, WRN-34-10 13.3, ResNet-56 0.25 GFLOP); any other model or size is counted with
 torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add of conv/linear/matmul).
 A step costs 26 F_student + 3 F_robust (1 before ITT: no backward) + 2 F_clean per image — the
@@ -45,9 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import common
 
-# PERFORMANCE.md, "The work, counted": forward GFLOP per 32×32 image.
+# docs/performance.md, "Counting the work": forward GFLOP per 32×32 image.
 PAPER_GFLOP = {"resnet18": 1.11, "mobilenet_v2": 0.18, "wrn34_10": 13.3, "resnet56": 0.25}
-# Per image, in units of each model's forward cost (PERFORMANCE.md; CIARD.md "Per-step cost").
+# Per image, in units of each model's forward cost (docs/performance.md §1; docs/method.md §8).
 STUDENT_FORWARDS = 26
 CLEAN_FORWARDS = 2
 ROBUST_FORWARDS = {"itt": 3, "pre-itt": 1}
@@ -77,7 +77,7 @@ def forward_gflop(spec, model, image_size):
     """(GFLOP of one forward of one image, where the number comes from)."""
     name, kwargs = parse_model(spec)
     if name in PAPER_GFLOP and not kwargs and image_size == 32:
-        return PAPER_GFLOP[name], "PERFORMANCE.md"
+        return PAPER_GFLOP[name], "docs/performance.md"
     training = model.training
     model.eval()
     x = torch.rand(1, 3, image_size, image_size, device=next(model.parameters()).device)

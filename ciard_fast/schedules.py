@@ -26,7 +26,7 @@ def _cosine_exp(progress):
 
 
 def ciard_student_lr(epoch, epochs=300, base_lr=0.1):
-    """CIARD.md: base_lr for e < E/2, then base_lr·(0.5 + 0.5·cos(π(e−E/2)/(E/2)))·exp(−0.01·((e−E/2)/(E/2))²)."""
+    """docs/method.md §4: base_lr for e < E/2, then base_lr·(0.5 + 0.5·cos(π(e−E/2)/(E/2)))·exp(−0.01·((e−E/2)/(E/2))²)."""
     half = epochs / 2.0
     if epoch < half:
         return base_lr
@@ -34,7 +34,7 @@ def ciard_student_lr(epoch, epochs=300, base_lr=0.1):
 
 
 def ciard_teacher_lr(epoch, epochs=300, base_lr=1e-4, start_epoch=None):
-    """CIARD.md ITT schedule: 0 for e ≤ E_itt (E/6 = 50 of 300); then
+    """docs/method.md §4, ITT schedule: 0 for e ≤ E_itt (E/6 = 50 of 300); then
     base_lr·(0.5 + 0.5·cos(π(e−E_itt)/(E−E_itt)))·exp(−0.01·((e−E_itt)/(E−E_itt))²)."""
     start = epochs / 6.0 if start_epoch is None else float(start_epoch)
     if epoch <= start:

@@ -1,4 +1,4 @@
-"""Fused CIARD multi-teacher loss (Triton forward and backward), CIARD.md steps 3-5 and 7.
+"""Fused CIARD multi-teacher loss (Triton forward and backward), docs/method.md, steps 3-5 and 7.
 
 Forward: one program per block of rows reads the five [B, C] logit tensors twice (pass 1: the
 row max and Σ exp of the six softmax inputs, online over column blocks, and the clean teacher's

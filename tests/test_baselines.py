@@ -1,4 +1,4 @@
-"""The baseline distillation methods (BASELINES.md): ARD, RSLAD, IAD, AdaAD, MTARD, B-MTARD, Fair-ARD.
+"""The baseline distillation methods (docs/baselines.md): ARD, RSLAD, IAD, AdaAD, MTARD, B-MTARD, Fair-ARD.
 
 Each loss is checked on fixed logits against its formula written out here with explicit
 softmax/log math (float64, not the library's functions); each training step against the same

@@ -1,4 +1,4 @@
-"""The functional losses and update rules of CIARD.md, each against its formula written out here."""
+"""The functional losses and update rules of docs/method.md, each against its formula written out here."""
 import math
 
 import pytest

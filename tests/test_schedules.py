@@ -1,4 +1,4 @@
-"""Schedules of CIARD.md at their breakpoints, for the paper's 300 epochs and a scaled run."""
+"""Schedules of docs/method.md §4 at their breakpoints, for the paper's 300 epochs and a scaled run."""
 import math
 
 import pytest

@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-LOSS_FLOOR = 1e-7  # CIARD.md step 6: each loss floored at 1e-7 before log10
+LOSS_FLOOR = 1e-7  # docs/method.md, step 6: each loss floored at 1e-7 before log10
 
 
 def kl_elementwise(log_q, p):
@@ -40,7 +40,7 @@ def push_weight(l_adv, l_nat, l_push):
     """λ = 10^(min(⌊log₁₀ L_adv⌋, ⌊log₁₀ L_nat⌋) − ⌊log₁₀ L_push⌋) from Python floats.
 
     The public code adds 1e-7 to a loss that is ``math.isclose`` to 0; for every loss ≥ 1e-7 that
-    equals CIARD.md's floor, which is what is implemented here.
+    equals docs/method.md's floor (step 6), which is what is implemented here.
     """
     def magnitude(value):
         return math.floor(math.log10(max(abs(value), LOSS_FLOOR)))

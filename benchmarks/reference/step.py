@@ -1,6 +1,6 @@
 """One CIARD training step as the public reference code runs it (the baseline of bench_train).
 
-Same mathematics as ``ciard_fast.methods.ciard.CIARD`` (CIARD.md steps 1-10, checked by
+Same mathematics as ``ciard_fast.methods.ciard.CIARD`` (docs/method.md, steps 1-10, checked by
 tests/test_bench_train.py); the *costs* are the reference code's:
 
 - fp32, NCHW, eager; every loss piece a separate op (``reference.losses``);
@@ -14,7 +14,7 @@ tests/test_bench_train.py); the *costs* are the reference code's:
 - plain (for-loop, not foreach) SGD for the student; ITT as a second backward and the teacher's
   own SGD after the student's step.
 
-Where the public code and CIARD.md differ, this follows CIARD.md (so that both sides compute the
+Where the public code and docs/method.md differ, this follows docs/method.md (so that both sides compute the
 same thing), keeping the reference's cost wherever the difference allows:
 - the attack comes first and the forwards after it (the public code runs S(x), N(x), R(x) before
   the attack, which lets S(x) update BN statistics that the eval-mode attack then uses);
@@ -34,7 +34,7 @@ class ReferenceCIARD:
 
     Args:
         student, robust_teacher, clean_teacher: nn.Modules on the same device, fp32, NCHW.
-        lr, momentum, weight_decay: the student's SGD (CIARD.md: 0.1, 0.9, 2e-4).
+        lr, momentum, weight_decay: the student's SGD (docs/method.md §4: 0.1, 0.9, 2e-4).
         teacher_lr, teacher_momentum, teacher_weight_decay: R's SGD for ITT (lr of the current
             epoch; 0.1 momentum, 2e-4 weight decay).
         eps, alpha, steps: the training attack (8/255, 2/255, 10).

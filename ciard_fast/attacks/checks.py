@@ -1,4 +1,4 @@
-"""Sanity checks of an evaluation (EVALUATION.md "Rules"; Carlini et al. 2019, "On Evaluating
+"""Sanity checks of an evaluation (docs/evaluation.md, "Rules"; Carlini et al. 2019, "On Evaluating
 Adversarial Robustness", arXiv 1902.06705; AutoAttack's ``checks.py``).
 
 Two kinds of finding:
@@ -28,7 +28,7 @@ __all__ = [
     "raise_or_warn",
 ]
 
-# Tolerance of the ε-ball and range assertions (EVALUATION.md: ‖x_adv − x‖∞ ≤ ε + 1e-6).
+# Tolerance of the ε-ball and range assertions (docs/evaluation.md: ‖x_adv − x‖∞ ≤ ε + 1e-6).
 BALL_ATOL = 1e-6
 # A model "returns probabilities" if every output lies in [-PROB_ATOL, 1 + PROB_ATOL] and every row
 # sums to 1 within PROB_ATOL (AutoAttack's check_range_output rule).

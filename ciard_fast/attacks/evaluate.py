@@ -1,4 +1,4 @@
-"""The standard robustness evaluation of EVALUATION.md in one call.
+"""The standard robustness evaluation of docs/evaluation.md in one call.
 
     >>> report = ciard_fast.evaluate(model.eval(), ciard_fast.load_dataset("cifar10", split="test"))
     >>> print(report)                      # Markdown table
@@ -134,7 +134,7 @@ def _sync(device):
 
 def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, batch_size=256, n=None, strict=False,
              device=None, progress=True, seed=0, attack_params=None, aa_on_robust_only=False):
-    """Evaluate `model` under the standard table of EVALUATION.md and return an :class:`EvalReport`.
+    """Evaluate `model` under the standard table of docs/evaluation.md and return an :class:`EvalReport`.
 
     Args:
         model: ``nn.Module`` (or callable) mapping [B, C, H, W] images in [0, 1] to logits [B, K]
@@ -174,7 +174,7 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     Non-finite logits anywhere (e.g. a model with NaN weights) raise EvaluationCheckError when
     `strict`, else warn; every batch's labels are checked to be < the model's classes.
 
-    Checks (EVALUATION.md "Rules"): each x_adv is asserted finite, in [0, 1] and within ε (+1e-6)
+    Checks (docs/evaluation.md "Rules"): each x_adv is asserted finite, in [0, 1] and within ε (+1e-6)
     of x — :class:`AdversarialCheckError` whatever `strict`; train mode, probability outputs, zero
     input gradients and a non-deterministic forward (checked on the first batch) and PGD accuracy
     above FGSM accuracy are warnings (EvaluationWarning, also listed in ``report.warnings``) or

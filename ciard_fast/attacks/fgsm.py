@@ -18,7 +18,7 @@ def fgsm(model, x, y, eps=8 / 255):
     Returns:
         x_adv: same shape/dtype/device as x, ‖x_adv − x‖∞ ≤ ε, in [0, 1].
 
-    The EVALUATION.md FGSM column; PGD with random start must never do better than this.
+    The FGSM column of docs/evaluation.md; PGD with random start must never do better than this.
     """
     check_model(model)
     check_images(x)

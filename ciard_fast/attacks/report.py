@@ -43,7 +43,7 @@ class EvalReport:
         seconds: column -> wall-clock seconds spent on that column.
         total_seconds: wall-clock of the whole evaluation.
         skipped: column -> why it was not run (e.g. pyautoattack missing).
-        warnings: sanity-check findings (EVALUATION.md "Rules") that did not raise.
+        warnings: sanity-check findings (docs/evaluation.md "Rules") that did not raise.
         notes: how the numbers were computed (e.g. how the worst column combines attacks).
         device, seed, strict, model, version, created: provenance.
     """

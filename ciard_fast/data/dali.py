@@ -9,7 +9,7 @@ The random choices are not DALI's: each epoch's order, crop offsets and flips co
 ``EpochPlan`` (drawn on the CPU from (seed, epoch)) that a CPU ``DeviceLoader`` uses, so both
 backends serve the same batches and DDP sharding works the same way.
 
-For 32x32 data DALI is not faster than the device-resident loader (PERFORMANCE.md, lever 4); it is
+For 32x32 data DALI is not faster than the device-resident loader (docs/performance.md, lever 4); it is
 here for hosts whose datasets do not fit in device memory. DALI is imported only when a DaliLoader
 is constructed: ``pip install ciard-fast[dali]`` (package ``nvidia-dali-cuda130``).
 """

@@ -258,7 +258,7 @@ def _run_method(config, reuse, teacher_times):
 
 
 def markdown_table(result):
-    """The comparison as Markdown: one row per method, attack columns in EVALUATION.md's order."""
+    """The comparison as Markdown: one row per method, attack columns in docs/evaluation.md's order."""
     present = order_columns(c for row in result.rows.values() for c in row if c not in _ROW_FIELDS)
     config = result.config
     lines = [f"Test accuracy (%) at eps = {config['eps'] * 255:.3g}/255 on {config['dataset']}"

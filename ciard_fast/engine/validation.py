@@ -1,6 +1,6 @@
 """Periodic model selection metric: clean and PGD-20 accuracy on the held-out validation split.
 
-Never the test set (CIARD.md "Model selection"). The attack's random start uses its own generator
+Never the test set (docs/method.md §6, "Model selection"). The attack's random start uses its own generator
 seeded from (seed, epoch), so evaluating does not shift the training RNG and a resumed run sees
 the same numbers.
 """

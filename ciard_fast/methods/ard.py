@@ -17,7 +17,7 @@ differs from it on purpose:
   * The code always runs S(x) in train mode (its BN running statistics see the clean batch) even
     when α = 1 makes the CE term vanish; we do the same, without a graph when α = 1.
   * BN mode during the attack: the code attacks with the student in train mode (batch statistics,
-    running statistics updated by every attack step). BASELINES.md's PGD-CE keeps the student in
+    running statistics updated by every attack step). docs/baselines.md's PGD-CE keeps the student in
     eval mode, our default; `attack_train_mode=True` reproduces the code.
   * Learning rate: the code's `adjust_learning_rate` rescales a local copy of the base lr, so its
     lr stays 0.01 after epoch 150 and it counts epochs from 0; we run the schedule its arguments

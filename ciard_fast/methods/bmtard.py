@@ -2,8 +2,8 @@
 "Mitigating Accuracy-Robustness Trade-off via Balanced Multi-Teacher Adversarial Distillation",
 IEEE TPAMI 2024, arXiv 2306.16170).
 
-CIARD without the push loss and without iterative teacher training (BASELINES.md): two frozen
-teachers in eval mode, the adaptive temperatures and loss weights of CIARD.md steps 7-8:
+CIARD without the push loss and without iterative teacher training (docs/baselines.md): two frozen
+teachers in eval mode, the adaptive temperatures and loss weights of docs/method.md, steps 7-8:
 
     x'    = PGD-10 on CE(S(x'), y), step 2/255, from x + 0.001·N(0, I), student in eval mode
     L_adv = kd_scale·mean_{B×C} kl(softmax(R(x')/τ_adv), log_softmax(S(x')))
@@ -16,7 +16,7 @@ teachers in eval mode, the adaptive temperatures and loss weights of CIARD.md st
     L     = w_adv·L_adv + w_nat·L_nat
 
 τ = 1, w = 0.5/0.5 at start, η_τ = 0.001, η_w = 0.025; lr, η_τ and η_w ×0.1 at 215, 260, 285 of
-300 epochs; kd_scale = C/10. The temperature divides the teacher logits only (CIARD.md step 3).
+300 epochs; kd_scale = C/10. The temperature divides the teacher logits only (docs/method.md, step 3).
 This is also what the public B-MTARD training script computes (its `kl_loss`, `entropy_value` and
 weight rule, R on the student's x', N on x); it applies the ×0.1 events after epoch 215 has run
 (from 216), here they take effect from epoch 215 as `step_lr` does for every method.

@@ -2,7 +2,7 @@
 arXiv 2207.08284).
 
 Two frozen teachers: the robust teacher R on the student's adversarial example and the clean
-teacher N on the clean image, balanced by MTARD's adaptive loss weights (CIARD.md step 8 for w_nat):
+teacher N on the clean image, balanced by MTARD's adaptive loss weights (docs/method.md, step 8 for w_nat):
 
     x'    = PGD-10 on CE(S(x'), y), step 2/255, from x + 0.001·N(0, I), student in eval mode
     L_adv = kd_scale·mean_{B×C} kl(softmax(R(x')), log_softmax(S(x')))
@@ -16,7 +16,7 @@ kl(p, log q) = p·(log(p + 1e-5) − log q) (`losses.kd_kl`), no temperatures, w
 
 Following the MTARD training loop as published (read here in the Fair-ARD authors' MTARD
 script, whose loop is MTARD's) where it is specific: the attack starts from x + 0.001·N(0, I)
-(not BASELINES.md's generic uniform start) and the weight rule updates w_nat only. That rule is
+(not the generic uniform start of docs/baselines.md) and the weight rule updates w_nat only. That rule is
 the two-weight rule of `losses.update_loss_weights` restricted to w_adv + w_nat = 1, which keeps
 the sum at 1 on its own; we apply that function and then set w_adv = 1 − w_nat exactly. The code
 decays lr and η_w after epoch 215 has run (from 216); here the decays take effect from epoch 215,

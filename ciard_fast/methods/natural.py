@@ -1,4 +1,4 @@
-"""Natural (standard) training: CE(f(x), y). Makes the clean teacher N (BASELINES.md)."""
+"""Natural (standard) training: CE(f(x), y). Makes the clean teacher N (docs/baselines.md)."""
 import torch.nn.functional as F
 
 from . import register_method

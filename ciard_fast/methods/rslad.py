@@ -13,8 +13,8 @@ with kl(p, log q) = p·(log(p + 1e-5) − log q) (`losses.kd_kl`, the code's `kl
 lr 0.1, ×0.1 at epochs 215, 260, 285 of 300, weight decay 2e-4.
 
 kd_scale: the public CIFAR-100 scripts (zibojia/RSLAD `resnet18_rslad_cifar100.py`) multiply both
-terms by 10 "to keep consistent with CIFAR-10"; that is BASELINES.md's elementwise `kl` with
-CIARD.md's kd_scale = C/10, our default (1 on CIFAR-10). The code decays the lr after epoch 215
+terms by 10 "to keep consistent with CIFAR-10"; that is the elementwise `kl` (docs/method.md §2) with
+its kd_scale = C/10, our default (1 on CIFAR-10). The code decays the lr after epoch 215
 has run (from epoch 216); `step_lr` decays from epoch 215 itself, as for every method here.
 """
 import dataclasses

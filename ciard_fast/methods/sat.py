@@ -1,4 +1,4 @@
-"""SAT / PGD-AT (Madry et al., ICLR 2018): CE(f(x'), y), x' = PGD-10 on CE (BASELINES.md)."""
+"""SAT / PGD-AT (Madry et al., ICLR 2018): CE(f(x'), y), x' = PGD-10 on CE (docs/baselines.md)."""
 import torch.nn.functional as F
 
 from . import register_method

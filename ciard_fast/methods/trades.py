@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al., ICML 2019): CE(f(x), y) + β·KL(f(x) ‖ f(x')), β = 6 (BASELINES.md).
+"""TRADES (Zhang et al., ICML 2019): CE(f(x), y) + β·KL(f(x) ‖ f(x')), β = 6 (docs/baselines.md).
 
 Follows the public TRADES code: the KL is summed over classes and averaged over the batch
 (`KLDivLoss(size_average=False) / B`); x' maximises the summed KL from x + 0.001·N(0, I), with
