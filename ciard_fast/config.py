@@ -67,13 +67,16 @@ class TrainConfig:
     compare_natural_student: bool = False  # also train a natural student and put it in the table
     # -- run ------------------------------------------------------------------------------------
     out_dir: Optional[str] = None          # default runs/<method>-<dataset>-<student>
-    seed: int = 0
+    seed: int = 0                          # student init, data order, attack noise, the validation split
+    split_seed: Optional[int] = None       # seed of the validation split only (None: `seed`); `compare --seeds`
+    #                                      holds it fixed so every seed trains on the same images
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     resume: Optional[str] = None           # checkpoint to continue from (exactly)
     stop_after: Optional[int] = None       # stop after this epoch (schedules still span `epochs`); resume later
     progress: bool = True
     log_every: int = 10                    # steps between progress/log updates (each is one host sync)
-    plot: bool = True                      # PNG of the curves at the end (needs matplotlib)
+    plot: bool = True                      # curves.png in the run folder at the end
+    tensorboard: bool = False              # also write every logged scalar to <out_dir>/tensorboard (extra [tensorboard])
     # -- performance (all harmless on CPU) ------------------------------------------------------
     precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: Optional[bool] = None   # None: on for CUDA
@@ -204,6 +207,9 @@ def validate_config(config):
          f"eval_every must be an integer >= 1 (epochs), got {config.eval_every!r}")
     need(isinstance(config.log_every, int) and config.log_every >= 1,
          f"log_every must be an integer >= 1 (steps), got {config.log_every!r}")
+    need(config.split_seed is None or (isinstance(config.split_seed, int) and not isinstance(config.split_seed, bool)
+                                       and config.split_seed >= 0),
+         f"split_seed must be None (use seed) or an integer >= 0, got {config.split_seed!r}")
 
 
 # ---- parsing "--key value" strings from the command line ---------------------------------------

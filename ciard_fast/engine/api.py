@@ -22,7 +22,7 @@ from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
 from ..atomic import write_text_atomic
-from .logs import plot_history
+from ..plots import plot_curves
 from .precision import autocast, resolve_device, resolve_precision
 from .trainer import Trainer
 
@@ -152,7 +152,7 @@ def _run(config, state=None, progress_prefix=""):
         _write_results(out_dir, result)
         print(result.table)
     if config.plot and run_state.history and dist.is_main:
-        plot_history(out_dir, run_state.history)
+        plot_curves(run_state.history, os.path.join(out_dir, "curves.png"))
     dist.barrier()
     return result
 
@@ -210,6 +210,7 @@ def _teacher_config(config, kind):
         attack_random_start=config.attack_random_start,
         eval_every=config.teacher_epochs, eval_pgd_steps=config.eval_pgd_steps, eval_n=config.eval_n,
         test_attacks=(), out_dir=os.path.join(config.resolved_out_dir(), "teachers", kind), seed=config.seed,
+        split_seed=config.split_seed,
         device=config.device, progress=config.progress, log_every=config.log_every, plot=False,
         precision=config.precision, channels_last=config.channels_last, cuda_graphs=config.cuda_graphs,
         compile=config.compile,

@@ -1,4 +1,4 @@
-"""Run logs: per-epoch rows as CSV and JSONL, a progress line, and a PNG of the curves.
+"""Run logs: per-epoch rows as CSV and JSONL and a progress line (the curves: ciard_fast/plots.py).
 
 Rows are rewritten whole (atomically) from the run's history at each epoch, so a resumed run's
 files hold exactly the epochs of its checkpoint followed by the new ones.
@@ -66,37 +66,3 @@ class Stopwatch:
 
     def elapsed(self):
         return time.perf_counter() - self.start
-
-
-def plot_history(out_dir, history, filename="curves.png"):
-    """Loss and accuracy curves over epochs; silently skipped when matplotlib is not installed.
-    Returns the path written or None."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not history:
-        return None
-    epochs = [row["epoch"] for row in history]
-    loss_keys = [k for k in history[-1] if k.startswith("train_") and k != "train_images_per_s"]
-    acc_keys = [k for k in history[-1] if k.startswith("val_")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in loss_keys:
-        axes[0].plot(epochs, [row.get(key, float("nan")) for row in history], label=key[len("train_"):])
-    axes[0].set_xlabel("epoch")
-    axes[0].set_title("training losses")
-    axes[0].legend(fontsize=7)
-    for key in acc_keys:
-        points = [(row["epoch"], row[key]) for row in history if key in row]
-        axes[1].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key[len("val_"):])
-    axes[1].set_xlabel("epoch")
-    axes[1].set_title("validation accuracy (%)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, filename)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
