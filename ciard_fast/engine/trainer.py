@@ -15,7 +15,7 @@ import torch
 from . import checkpoint as ckpt
 from .distributed import DistContext, unwrap
 from ..attacks.graphs import cuda_graphs
-from .logs import Progress, write_history
+from .logs import Progress, TensorBoardLog, write_history
 from .optim import build_optimizer, set_lr
 from .validation import correct_clean_and_pgd
 
@@ -67,6 +67,8 @@ class Trainer:
         self.graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else method.device.type == "cuda")
         self.state = RunState()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
+        self.tensorboard = (TensorBoardLog(os.path.join(out_dir, "tensorboard"))
+                            if config.tensorboard and self.is_main else None)
 
     @property
     def is_main(self):
@@ -117,6 +119,8 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             self.save(row)
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         return self.state
 
     def train_one_epoch(self, epoch):
@@ -193,4 +197,6 @@ class Trainer:
             if self.state.best_epoch == row["epoch"]:
                 ckpt.save_checkpoint(self.best_path, state)
             write_history(self.out_dir, self.state.history)
+            if self.tensorboard is not None:
+                self.tensorboard.write(row)
         self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it
