@@ -77,6 +77,7 @@ def plot_curves(history, path):
     panels = curve_panels(history)
     if not panels:
         raise ValueError(f"nothing to plot in the history: keys {sorted(history[-1])}")
+    from matplotlib.ticker import MaxNLocator
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig = _figure(4.2 * cols, 3.2 * rows)
@@ -90,6 +91,7 @@ def plot_curves(history, path):
                     markersize=3, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.tick_params(labelsize=7)
         if len(keys) > 1 or title == "other logged values":
             ax.legend(fontsize=7)
@@ -130,12 +132,18 @@ def plot_comparison(result, path, robust="worst"):
     fig = _figure(6.4, 4.8)
     ax = fig.add_subplot(1, 1, 1)
     colors = _colors(len(methods))
+    spans = {"x": [], "y": []}
     for method, color in zip(methods, colors):
         x, x_lo, x_hi = _interval(result.summary[method], "clean")
         y, y_lo, y_hi = _interval(result.summary[method], robust)
+        spans["x"] += [x - x_lo, x + x_hi]
+        spans["y"] += [y - y_lo, y + y_hi]
         ax.errorbar([x], [y], xerr=[[x_lo], [x_hi]], yerr=[[y_lo], [y_hi]], fmt="o", color=color, capsize=3,
                     markersize=6 if method != result.baseline else 8, label=method)
         ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    # a t interval of few seeds can reach past 0 or 100 %; accuracy cannot, so the view stops there
+    ax.set_xlim(*_limits(spans["x"]))
+    ax.set_ylim(*_limits(spans["y"]))
     ax.set_xlabel("clean accuracy (%)")
     ax.set_ylabel(f"{_LABELS.get(robust, robust)} robust accuracy (%)")
     eps = result.config.get("eps")
@@ -177,6 +185,12 @@ def plot_per_attack(result, path):
     ax.legend(fontsize=7, ncol=min(len(methods), 5), loc="upper right")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _limits(values, pad=0.08):
+    lo, hi = min(values), max(values)
+    margin = max(hi - lo, 1.0) * pad
+    return max(0.0, lo - margin), min(100.0, hi + margin)
 
 
 def _colors(n):

@@ -37,7 +37,7 @@ class Progress:
         self._interval = log_interval
         self._bar = None
         if enabled and self._tty:
-            self._bar = tqdm(total=total, desc=desc, file=self.stream, mininterval=min_interval, leave=False,
+            self._bar = tqdm(total=total, desc=desc, file=self.stream, mininterval=min_interval, leave=True,
                              dynamic_ncols=True, unit="batch")
 
     def update(self, n=1, status=""):
@@ -66,6 +66,7 @@ class Progress:
         self._status = status
         if self._bar is not None:
             self._bar.set_postfix_str(status, refresh=False)
+            self._bar.refresh()  # the final count, rate and time stay on screen
             self._bar.close()
             self._bar = None
             return

@@ -332,6 +332,13 @@ def _teacher_weights(base, kind, out_dir):
     return weights
 
 
+def _say(message):
+    """A line on stderr that does not break a tqdm bar being drawn there."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 def _run_method(config, reuse, teacher_times):
     """Train (or read back) one method; its row of the table."""
     from .api import train
@@ -343,11 +350,10 @@ def _run_method(config, reuse, teacher_times):
         with open(row_path, encoding="utf-8") as f:
             saved = json.load(f)
         if {k: saved.get(k) for k in wanted} == wanted:
-            print(f"[compare] {config.method} seed {config.seed}: reusing the finished run in {config.resolved_out_dir()}",
-                  file=sys.stderr)
+            _say(f"[compare] {config.method} seed {config.seed}: reusing the finished run in "
+                 f"{config.resolved_out_dir()}")
             return saved["row"]
-    print(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)",
-          file=sys.stderr)
+    _say(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)")
     start = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - start

@@ -56,6 +56,8 @@ class Progress:
                 self._epoch = epoch
             self._bar.set_postfix_str(f"{shown} {images_per_s:.0f} img/s", refresh=False)
             self._bar.update(step - self._bar.n)
+            if step == steps:
+                self._bar.refresh()  # the epoch's final count and rate, whatever tqdm's redraw interval
         elif step == steps:
             self.stream.write(f"{self.prefix}epoch {epoch}/{epochs} step {step}/{steps} {shown} "
                               f"{images_per_s:.0f} img/s\n")
