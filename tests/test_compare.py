@@ -237,3 +237,12 @@ def test_an_interrupted_comparison_resumes_without_retraining_finished_runs(tmp_
     trained.clear()
     result = compare("rslad,mtard", preset=None, out_dir=str(out), seeds=[1, 2], **TINY)
     assert trained == [("rslad", 2), ("mtard", 2)] and result.seeds == [1, 2]
+
+    # what a run shows is not part of its identity: no retraining for --plot/--progress
+    trained.clear()
+    again = compare("rslad,mtard", preset=None, out_dir=str(out), seeds=[1, 2],
+                    **{**TINY, "plot": True, "progress": True})
+    assert trained == [] and again.runs == result.runs
+    # but anything that changes the numbers does retrain
+    compare("rslad", preset=None, out_dir=str(out), seeds=[1], **{**TINY, "attack_steps": 1})
+    assert trained == [("rslad", 1)]

@@ -26,6 +26,7 @@ import csv
 import dataclasses
 import io
 import json
+import numbers
 import os
 import sys
 import time
@@ -209,14 +210,15 @@ def parse_seeds(seeds, default):
             seeds = [int(p) for p in parts]
         except ValueError:
             raise ValueError(f"seeds must be comma-separated integers such as '0,1,2', got {seeds!r}") from None
-    elif isinstance(seeds, int) and not isinstance(seeds, bool):
+    elif isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
         seeds = [seeds]
     seeds = list(seeds)
     if not seeds:
         raise ValueError("seeds is empty: give at least one seed, e.g. seeds='0,1,2'")
     for seed in seeds:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise ValueError(f"every seed must be an integer >= 0, got {seed!r} in {seeds!r}")
+    seeds = [int(seed) for seed in seeds]
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"a seed is listed twice: {seeds}")
     return seeds
@@ -332,6 +334,16 @@ def _teacher_weights(base, kind, out_dir):
     return weights
 
 
+# Config fields that change what a run shows or logs, never its numbers: a finished run is reused
+# whatever they were (e.g. a comparison rerun with --progress false, or --plot false).
+PRESENTATION = ("progress", "plot", "tensorboard", "log_every")
+
+
+def _reuse_key(entry):
+    config = {k: v for k, v in (entry.get("config") or {}).items() if k not in PRESENTATION}
+    return {"config": config, "teachers": entry.get("teachers")}
+
+
 def _say(message):
     """A line on stderr that does not break a tqdm bar being drawn there."""
     from tqdm.auto import tqdm
@@ -349,7 +361,7 @@ def _run_method(config, reuse, teacher_times):
     if reuse and os.path.isfile(row_path):
         with open(row_path, encoding="utf-8") as f:
             saved = json.load(f)
-        if {k: saved.get(k) for k in wanted} == wanted:
+        if _reuse_key(saved) == _reuse_key(wanted):
             _say(f"[compare] {config.method} seed {config.seed}: reusing the finished run in "
                  f"{config.resolved_out_dir()}")
             return saved["row"]
@@ -376,7 +388,7 @@ def _seconds(value):
 
 
 def markdown_table(result):
-    """The comparison as Markdown: one row per method, attack columns in EVALUATION.md's order.
+    """The comparison as Markdown: one row per method, attack columns in the order of docs/evaluation.md.
 
     One seed: the accuracies. Several: mean ± std over seeds, then the 95 % Student-t intervals of
     the means, then each method's paired difference to the baseline (mean and interval)."""
