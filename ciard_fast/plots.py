@@ -121,6 +121,9 @@ def plot_comparison(result, path, robust="worst"):
     """comparison.png: clean accuracy (x) against worst-case robust accuracy (y), one point per
     method with its interval on both axes (the robustness–accuracy trade-off figure).
 
+    When some methods are far below the others in robustness (under half the best, e.g. a naturally
+    trained model), a second panel zooms on the rest so their differences stay visible.
+
     Args:
         result: a CompareResult with `summary` filled (compare.aggregate).
         path: the PNG to write.
@@ -129,30 +132,41 @@ def plot_comparison(result, path, robust="worst"):
     methods = [m for m in result.methods if "clean" in result.summary.get(m, {}) and robust in result.summary[m]]
     if not methods:
         raise ValueError(f"no method has both 'clean' and {robust!r} in its summary; nothing to plot")
-    fig = _figure(6.4, 4.8)
-    ax = fig.add_subplot(1, 1, 1)
-    colors = _colors(len(methods))
-    spans = {"x": [], "y": []}
-    for method, color in zip(methods, colors):
-        x, x_lo, x_hi = _interval(result.summary[method], "clean")
-        y, y_lo, y_hi = _interval(result.summary[method], robust)
-        spans["x"] += [x - x_lo, x + x_hi]
-        spans["y"] += [y - y_lo, y + y_hi]
-        ax.errorbar([x], [y], xerr=[[x_lo], [x_hi]], yerr=[[y_lo], [y_hi]], fmt="o", color=color, capsize=3,
-                    markersize=6 if method != result.baseline else 8, label=method)
-        ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
-    # a t interval of few seeds can reach past 0 or 100 %; accuracy cannot, so the view stops there
-    ax.set_xlim(*_limits(spans["x"]))
-    ax.set_ylim(*_limits(spans["y"]))
-    ax.set_xlabel("clean accuracy (%)")
-    ax.set_ylabel(f"{_LABELS.get(robust, robust)} robust accuracy (%)")
+    style = {m: (c, _MARKERS[i % len(_MARKERS)]) for i, (m, c) in enumerate(zip(methods, _colors(len(methods))))}
+    best = max(result.summary[m][robust]["mean"] for m in methods)
+    robust_ones = [m for m in methods if result.summary[m][robust]["mean"] >= best / 2]
+    panels = [methods] + ([robust_ones] if len(robust_ones) < len(methods) and len(robust_ones) > 1 else [])
+    fig = _figure(6.4 * len(panels), 4.8)
     eps = result.config.get("eps")
     title = f"{result.config.get('dataset', '')}" + (f", ε = {eps * 255:.3g}/255" if eps is not None else "")
-    ax.set_title(f"{title}\n{_subtitle(result)}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    for i, shown in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        spans = {"x": [], "y": []}
+        for method in shown:
+            color, marker = style[method]
+            x, x_lo, x_hi = _interval(result.summary[method], "clean")
+            y, y_lo, y_hi = _interval(result.summary[method], robust)
+            spans["x"] += [x - x_lo, x + x_hi]
+            spans["y"] += [y - y_lo, y + y_hi]
+            ax.errorbar([x], [y], xerr=[[x_lo], [x_hi]], yerr=[[y_lo], [y_hi]], fmt=marker, color=color, capsize=3,
+                        markersize=9 if method == result.baseline else 6, label=method, elinewidth=1)
+            if len(shown) <= 4:
+                ax.annotate(method, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # a t interval of few seeds can reach past 0 or 100 %; accuracy cannot, so the view stops there
+        ax.set_xlim(*_limits(spans["x"]))
+        ax.set_ylim(*_limits(spans["y"]))
+        ax.set_xlabel("clean accuracy (%)")
+        ax.set_ylabel(f"{_LABELS.get(robust, robust)} robust accuracy (%)")
+        ax.set_title(f"{title}\n{_subtitle(result)}" if i == 0 else
+                     f"zoom: the {len(shown)} methods within half of the best {_LABELS.get(robust, robust)}",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best", ncol=2 if len(shown) > 6 else 1)
     fig.tight_layout()
     return _save(fig, path)
+
+
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*")
 
 
 def plot_per_attack(result, path):
@@ -162,7 +176,7 @@ def plot_per_attack(result, path):
     if not columns:
         raise ValueError("the comparison has no accuracy columns to plot")
     methods = list(result.methods)
-    fig = _figure(max(6.4, 1.1 * len(columns) * max(1, len(methods)) / 2), 4.4)
+    fig = _figure(min(12.0, max(6.4, 0.25 * len(columns) * len(methods))), 4.4)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(methods)
     for i, (method, color) in enumerate(zip(methods, _colors(len(methods)))):
