@@ -185,7 +185,7 @@ def test_two_methods_two_seeds_on_a_reduced_demo(tmp_path):
     assert "mean ± std over 2 seeds (0, 1)" in table and "95 % confidence interval" in table
     assert "Paired difference to ard" in table and "| rslad | " in table
     mean, std = result.summary["rslad"]["clean"]["mean"], result.summary["rslad"]["clean"]["std"]
-    assert f"| rslad | small_cnn | {mean:.2f} ± {std:.2f} |" in table
+    assert f"| rslad | small_cnn | 2 | {mean:.2f} ± {std:.2f} |" in table
     with open(out / "compare.csv", newline="") as f:
         lines = list(csv.DictReader(f))
     assert {(r["method"], r["column"]) for r in lines} >= {(m, c) for m in ("ard", "rslad")
@@ -246,3 +246,24 @@ def test_an_interrupted_comparison_resumes_without_retraining_finished_runs(tmp_
     # but anything that changes the numbers does retrain
     compare("rslad", preset=None, out_dir=str(out), seeds=[1], **{**TINY, "attack_steps": 1})
     assert trained == [("rslad", 1)]
+
+
+def test_aggregate_pairs_runs_by_seed():
+    from ciard_fast.engine.compare import aggregate, markdown_table
+
+    def run(seed, clean):
+        return {"seed": seed, "clean": clean, "worst": clean - 10, "train_seconds": 1.0, "images_per_s": 5.0,
+                "student": "s"}
+
+    result = CompareResult(out_dir="", methods=["a", "b"], rows={}, teachers={},
+                           config={"eps": 8 / 255, "dataset": "digits"}, seeds=[0, 1, 2], baseline="b",
+                           runs={"a": [run(0, 90.0), run(1, 92.0), run(2, 95.0)], "b": [run(2, 91.0), run(1, 90.0)]})
+    aggregate(result)
+    # a - b on the shared seeds 1 and 2 (whatever the order of the runs): 92 - 90 = 2, 95 - 91 = 4
+    assert result.differences["a"]["clean"]["values"] == [2.0, 4.0]
+    assert result.differences["a"]["clean"]["mean"] == 3.0 and result.differences["b"] == {}
+    assert result.summary["a"]["clean"]["n"] == 3 and result.summary["b"]["clean"]["n"] == 2
+    assert result.rows["a"]["clean"] == pytest.approx(277 / 3)
+    table = markdown_table(result)
+    assert "| a | s | 3 | 92.33 ± 2.52 |" in table and "| b | s | 2 | 90.50 ± 0.71 |" in table
+    assert "| a | +3.00 [" in table

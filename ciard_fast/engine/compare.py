@@ -253,9 +253,12 @@ def aggregate(result):
         result.rows[name] = row
         result.summary[name] = {c: stats.summarize([run[c] for run in runs])
                                 for c in columns + list(TIME_COLUMNS) if all(c in run for run in runs)}
-        result.differences[name] = {} if name == result.baseline else {
-            c: stats.paired_difference([run[c] for run in runs], [run[c] for run in base_runs])
-            for c in columns if all(c in run for run in runs + base_runs)}
+        # paired by seed: the difference of the two runs that share a seed
+        base_by_seed = {run.get("seed"): run for run in base_runs}
+        pairs = [(run, base_by_seed[run.get("seed")]) for run in runs if run.get("seed") in base_by_seed]
+        result.differences[name] = {} if name == result.baseline or not pairs else {
+            c: stats.paired_difference([a[c] for a, _ in pairs], [b[c] for _, b in pairs])
+            for c in columns if all(c in a and c in b for a, b in pairs)}
     return result
 
 
@@ -402,17 +405,19 @@ def markdown_table(result):
         header += f", mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
     else:
         header += f", seed {seeds[0]}"
+    n_column = ["seeds"] if several else []
     lines = [header, "",
-             "| method | student | " + " | ".join(COLUMNS[c] for c in present) + " | train time (s) | img/s |",
-             "| --- | --- | " + " | ".join("---:" for _ in present) + " | ---: | ---: |"]
+             "| method | student | " + " | ".join(n_column + [COLUMNS[c] for c in present]) + " | train time (s) | img/s |",
+             "| --- | --- | " + " | ".join("---:" for _ in n_column + present) + " | ---: | ---: |"]
     for name in result.methods:
         summary, row = result.summary.get(name, {}), result.rows.get(name, {})
         if several:
             cells = [f"{_fmt(summary[c]['mean'])} ± {_fmt(summary[c]['std'])}" if c in summary else "—"
                      for c in present]
-            time_cells = [f"{_seconds(summary[k]['mean'])} ± {_seconds(summary[k]['std'])}" if k == "train_seconds"
-                          else f"{summary[k]['mean']:.0f} ± {summary[k]['std']:.0f}"
+            time_cells = [f"{_seconds(summary[k]['mean'])} ± {_seconds(summary[k]['std'] or 0.0)}"
+                          if k == "train_seconds" else f"{summary[k]['mean']:.0f} ± {summary[k]['std'] or 0.0:.0f}"
                           for k in TIME_COLUMNS if k in summary]
+            cells = [str(len(result.runs.get(name, [])))] + cells
         else:
             cells = [_fmt(row[c]) if c in row else "—" for c in present]
             time_cells = [_seconds(row.get("train_seconds", 0.0)), f"{row.get('images_per_s', 0.0):.0f}"]
