@@ -267,3 +267,22 @@ def test_aggregate_pairs_runs_by_seed():
     table = markdown_table(result)
     assert "| a | s | 3 | 92.33 ± 2.52 |" in table and "| b | s | 2 | 90.50 ± 0.71 |" in table
     assert "| a | +3.00 [" in table
+
+
+def test_a_single_run_and_compares_seed_run_agree(tmp_path):
+    """train() that trains its teachers first, train() again with them cached, and compare's run of
+    the same seed (teachers handed over as files) give the same student: the teachers' training
+    does not shift the student's random init."""
+    import ciard_fast
+
+    from ciard_fast.config import build_config
+
+    tiny = {**TINY, "epochs": 2, "method": "ciard", "out_dir": str(tmp_path / "single")}
+    fresh = ciard_fast.train(build_config(overrides=tiny))
+    cached = ciard_fast.train(build_config(overrides={**tiny, "out_dir": str(tmp_path / "single2")}))
+    assert fresh.metrics == cached.metrics  # (the second run trained its own teachers: same weights)
+    again = ciard_fast.train(build_config(overrides=tiny))  # teachers read from single/teachers
+    assert again.metrics == fresh.metrics
+    result = compare("ciard", preset=None, out_dir=str(tmp_path / "cmp"), seeds=[0],
+                     **{k: v for k, v in tiny.items() if k not in ("method", "out_dir")})
+    assert {k: result.runs["ciard"][0][k] for k in fresh.metrics} == fresh.metrics

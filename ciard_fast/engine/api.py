@@ -192,7 +192,11 @@ def _teacher(config, kind, splits, device, state):
     sub = _teacher_config(config, kind)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     if not _is_finished(cached, sub):
-        _run(sub, progress_prefix=f"[{kind} teacher] ")
+        # Training the teacher here draws from the global RNG; forked, so that the student's init
+        # (built next) is the same whether the teacher was trained now or read from the cache
+        # (a rerun, or compare, which hands every method the teachers' files).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            _run(sub, progress_prefix=f"[{kind} teacher] ")
     load_weights(model, ckpt.load_checkpoint(cached)["student"])
     return model, cached
 
