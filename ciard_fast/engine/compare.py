@@ -414,8 +414,9 @@ def markdown_table(result):
         if several:
             cells = [f"{_fmt(summary[c]['mean'])} ± {_fmt(summary[c]['std'])}" if c in summary else "—"
                      for c in present]
-            time_cells = [f"{_seconds(summary[k]['mean'])} ± {_seconds(summary[k]['std'] or 0.0)}"
-                          if k == "train_seconds" else f"{summary[k]['mean']:.0f} ± {summary[k]['std'] or 0.0:.0f}"
+            shown = {"train_seconds": _seconds, "images_per_s": lambda v: f"{v:.0f}"}
+            time_cells = [f"{shown[k](summary[k]['mean'])} ± "
+                          + ("—" if summary[k]["std"] is None else shown[k](summary[k]["std"]))
                           for k in TIME_COLUMNS if k in summary]
             cells = [str(len(result.runs.get(name, [])))] + cells
         else:
