@@ -89,6 +89,9 @@ def plot_curves(history, path):
                 else key
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o" if len(points) < 12 else None,
                     markersize=3, label=label)
+        values = [row[k] for k in keys for row in history if isinstance(row.get(k), (int, float))]
+        if values and min(values) > 0 and max(values) / min(values) >= 100:
+            ax.set_yscale("log")  # e.g. CIARD's λ, which spans orders of magnitude
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("epoch", fontsize=8)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
