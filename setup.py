@@ -77,14 +77,16 @@ setup(
         "pyyaml",
         "scikit-learn",  # ships the embedded 8x8 digits set used by the demo and the tests
         "pillow",        # decodes Tiny-ImageNet JPEGs once into a .npy cache
+        "matplotlib",    # curves.png of every run, comparison.png / per_attack.png of compare
+        "tqdm",          # progress bars on a terminal
         'triton; platform_system == "Linux"',
     ],
     extras_require={
         "dali": ["nvidia-dali-cuda130"],
         "autoattack": ["pyautoattack==0.2.0"],
-        "plot": ["matplotlib"],
         "export": ["onnx", "onnxruntime", "safetensors"],
-        "dev": ["pytest", "matplotlib", "pyautoattack==0.2.0", "onnx", "onnxruntime", "safetensors"],
+        "tensorboard": ["tensorboard"],  # --tensorboard true
+        "dev": ["pytest", "pyautoattack==0.2.0", "onnx", "onnxruntime", "safetensors", "tensorboard"],
     },
     entry_points={"console_scripts": ["ciard-fast=ciard_fast.cli:main"]},
     classifiers=[

@@ -81,13 +81,16 @@ class TrainConfig:
     compare_natural_student: bool = False  # also train a natural student and put it in the table
     # -- run ------------------------------------------------------------------------------------
     out_dir: Optional[str] = None          # default runs/<method>-<dataset>-<student>
-    seed: int = 0
+    seed: int = 0                          # student init, data order, attack noise, the validation split
+    split_seed: Optional[int] = None       # seed of the validation split only (None: `seed`); `compare --seeds`
+    #                                      holds it fixed so every seed trains on the same images
     device: str = "auto"                   # auto | cpu | cuda | cuda:N
     resume: Optional[str] = None           # checkpoint to continue from (exactly)
     stop_after: Optional[int] = None       # stop after this epoch (schedules still span `epochs`); resume later
     progress: bool = True
     log_every: int = 10                    # steps between progress/log updates (each is one host sync)
-    plot: bool = True                      # PNG of the curves at the end (needs matplotlib)
+    plot: bool = True                      # curves.png in the run folder at the end
+    tensorboard: bool = False              # also write every logged scalar to <out_dir>/tensorboard (extra [tensorboard])
     # -- performance (all harmless on CPU) ------------------------------------------------------
     precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: Optional[bool] = None   # None: on for CUDA
@@ -328,11 +331,13 @@ _RANGES = {
     "eval_every": (1, True, None, False), "eval_pgd_steps": (1, True, None, False), "eval_n": (1, True, None, False),
     "test_n": (1, True, None, False), "seed": (0, True, None, False), "stop_after": (1, True, None, False),
     "log_every": (1, True, None, False), "checkpoint_every_steps": (1, True, None, False),
+    "split_seed": (0, True, None, False),
 }
 _HINTS = {
     "eps": " (images are in [0,1]; 8/255 is usual)", "alpha": " (measured on [0,1] pixels, e.g. 2/255)",
     "batch_size": " (the global batch)", "eval_every": " (epochs)", "log_every": " (steps)",
     "momentum": " (SGD momentum, e.g. 0.9)", "checkpoint_every_steps": " (steps; None: off)",
+    "split_seed": " (None: use seed)",
 }
 _DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 

@@ -58,7 +58,7 @@ def test_curves_png_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from ciard_fast.engine.logs import plot_history
+    from ciard_fast.plots import plot_curves
 
     history = [{"epoch": 1, "train_loss": 1.0, "val_clean": 10.0}, {"epoch": 2, "train_loss": 0.5, "val_clean": 20.0}]
     target = tmp_path / "curves.png"
@@ -71,10 +71,10 @@ def test_curves_png_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Figure, "savefig", broken_savefig)
     with pytest.raises(RuntimeError, match="renderer crashed"):
-        plot_history(str(tmp_path), history)
+        plot_curves(history, str(target))
     assert target.read_bytes() == b"old" and os.listdir(tmp_path) == ["curves.png"]
     monkeypatch.undo()
-    assert plot_history(str(tmp_path), history) == str(target)
+    assert plot_curves(history, str(target)) == str(target)
     assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and os.listdir(tmp_path) == ["curves.png"]
 
 

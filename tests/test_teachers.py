@@ -199,11 +199,15 @@ def test_natural_student_config_inherits_every_field_but_its_overrides():
 def test_compare_method_config_inherits_every_field_but_its_overrides(tmp_path):
     base = base_config(out_dir=str(tmp_path))
     config = compare_module.method_config(base, "mtard", None, None, None, {}, {"eta_w": 0.05},
-                                          {"robust": "r.pt", "clean": "c.pt"}, str(tmp_path), ["clean", "fgsm"])
+                                          {"robust": ("r.pt", False), "clean": ("c.pt", "cifar10_legacy")},
+                                          str(tmp_path / "mtard" / "seed-3"), ["clean", "fgsm"], seed=3, split_seed=0)
     assert_inherits(config, base, compare_module.METHOD_RUN_OVERRIDES)
     assert (config.method, config.method_args, config.robust_teacher, config.clean_teacher) == \
         ("mtard", {"eta_w": 0.05}, "r.pt", "c.pt")
-    assert config.out_dir == str(tmp_path / "mtard") and config.test_attacks == ("clean", "fgsm")
+    # the teachers' files come with the normalisation they were trained with (no `auto` guess)
+    assert (config.robust_teacher_normalize, config.clean_teacher_normalize) == (False, "cifar10_legacy")
+    assert config.out_dir == str(tmp_path / "mtard" / "seed-3") and config.test_attacks == ("clean", "fgsm")
+    assert (config.seed, config.split_seed) == (3, 0)
     natural = compare_module.method_config(base, "natural", None, None, None, {}, {}, {}, str(tmp_path), ["clean"])
     assert natural.lr == base.teacher_lr  # cross-entropy rows train at the teachers' lr
     assert natural.robust_teacher is None

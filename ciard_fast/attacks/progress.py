@@ -1,22 +1,27 @@
-"""A minimal progress line on stderr (no tqdm dependency)."""
+"""The progress of an evaluation on stderr, through tqdm.
+
+On a terminal: a tqdm bar (done/total, rate, elapsed, ETA, the current column). On a file or pipe
+a bar's carriage returns would make an unreadable log, so a plain line with the same fields
+(tqdm's own formatting) is written at most every `log_interval` seconds and once at the end.
+"""
 import sys
 import time
+
+from tqdm.auto import tqdm
 
 __all__ = ["Progress"]
 
 
-def _clock(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
-        f"{seconds // 60:02d}:{seconds % 60:02d}"
-
-
 class Progress:
-    """``done/total [status] elapsed, ~left`` on one line of `stream` (default stderr).
+    """``desc done/total [elapsed<left, rate] status`` for `total` units (None: unknown length).
 
-    On a terminal the line is redrawn in place (at most every `min_interval` seconds); on a file
-    or pipe a line is written at most every `log_interval` seconds so logs stay readable.
-    `total` may be None (unknown length). Disabled instances do nothing.
+    Args:
+        total: number of updates expected, or None.
+        desc: the label in front (default "evaluate").
+        enabled: False makes every call a no-op.
+        stream: where to write (default stderr).
+        min_interval: seconds between redraws of a terminal bar (default 0.2).
+        log_interval: seconds between lines when `stream` is not a terminal (default 10).
     """
 
     def __init__(self, total=None, desc="evaluate", enabled=True, stream=None, min_interval=0.2, log_interval=10.0):
@@ -26,43 +31,43 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.done = 0
         self.start = time.perf_counter()
+        self._status = ""
         self._last = float("-inf")
         self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._interval = min_interval if self._tty else log_interval
-        self._width = 0
+        self._interval = log_interval
+        self._bar = None
+        if enabled and self._tty:
+            self._bar = tqdm(total=total, desc=desc, file=self.stream, mininterval=min_interval, leave=True,
+                             dynamic_ncols=True, unit="batch")
 
     def update(self, n=1, status=""):
         self.done += n
-        self._render(status, force=False)
-
-    def _render(self, status, force):
+        self._status = status
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if not force and now - self._last < self._interval:
+        if self._bar is not None:
+            self._bar.set_postfix_str(status, refresh=False)
+            self._bar.update(n)
             return
-        self._last = now
-        elapsed = now - self.start
-        if self.total:
-            left = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-            line = f"{self.desc} {self.done}/{self.total}"
-            if left == left:  # not NaN
-                line += f" {_clock(elapsed)} elapsed, ~{_clock(left)} left"
-        else:
-            line = f"{self.desc} {self.done} {_clock(elapsed)} elapsed"
-        if status:
-            line += f" [{status}]"
-        if self._tty:
-            self.stream.write("\r" + line.ljust(self._width))
-            self._width = len(line)
-        else:
-            self.stream.write(line + "\n")
+        now = time.perf_counter()
+        if now - self._last >= self._interval:
+            self._last = now
+            self._line(now)
+
+    def _line(self, now):
+        line = tqdm.format_meter(self.done, self.total, now - self.start, prefix=self.desc, unit="batch",
+                                 postfix=self._status or None, ncols=0)
+        self.stream.write(line.strip() + "\n")
         self.stream.flush()
 
     def close(self, status="done"):
         if not self.enabled:
             return
-        self._render(status, force=True)
-        if self._tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._status = status
+        if self._bar is not None:
+            self._bar.set_postfix_str(status, refresh=False)
+            self._bar.refresh()  # the final count, rate and time stay on screen
+            self._bar.close()
+            self._bar = None
+            return
+        self._line(time.perf_counter())

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .builders import build_loader, build_model, load_splits
 from .distributed import get_context
 from ..atomic import write_text_atomic
-from .logs import plot_history
+from ..plots import plot_curves
 from .model_card import write_run_card
 from .precision import RunPrecision, resolve_device, resolve_precision
 from .rundir import claim_run_folder
@@ -261,7 +261,7 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
     if finished and dist.is_main:
         write_run_card(result, student, splits)  # model_card.json/.md: the run's card (engine/model_card.py)
     if config.plot and run_state.history and dist.is_main:
-        plot_history(out_dir, run_state.history)
+        plot_curves(run_state.history, os.path.join(out_dir, "curves.png"))
     dist.barrier()
     return result
 

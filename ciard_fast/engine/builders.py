@@ -11,7 +11,8 @@ from .precision import use_channels_last
 
 def load_splits(config):
     """{"train", "val" (None when val_size == 0), "test"} ImageDatasets of the configured dataset."""
-    kwargs = dict(root=config.data_root, val_size=config.val_size, seed=config.seed, **config.dataset_args)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    kwargs = dict(root=config.data_root, val_size=config.val_size, seed=split_seed, **config.dataset_args)
     splits = {split: load_dataset(config.dataset, split=split, **kwargs) for split in ("train", "test")}
     splits["val"] = load_dataset(config.dataset, split="val", **kwargs) if config.val_size != 0 else None
     return splits

@@ -1,8 +1,10 @@
-"""`ciard-fast compare --methods ciard,rslad,mtard [--preset demo] [--aa] [--key value ...]`.
+"""`ciard-fast compare --methods ciard,rslad,mtard [--seeds 0,1,2] [--baseline ciard] [--preset demo] [--aa] [--key value ...]`.
 
-Trains the teachers once, then every listed method on the same data, teachers and seed, and prints
-one table (clean / FGSM / PGD-SAT / PGD-TRADES / CW∞ / (AA) accuracy, training time, images/s),
-saved as compare.json and compare.md in the output folder. Any other `--key value` sets a
+Trains the teachers once, then every listed method on the same data and teachers once per seed, and
+prints one table (clean / FGSM / PGD-SAT / PGD-TRADES / CW∞ / (AA) accuracy, training time,
+images/s; mean ± std, 95 % intervals and paired differences to the baseline over several seeds),
+saved as compare.json, compare.md and compare.csv (+ comparison.png, per_attack.png) in the output
+folder. Any other `--key value` sets a
 TrainConfig field for every method or an option of the methods that have it (e.g. `--epochs 5`,
 `--tau 10`).
 """
@@ -16,6 +18,11 @@ def add_arguments(parser):
                         help="comma-separated method names, e.g. ciard,rslad,mtard,bmtard,ard,iad,adaad,natural")
     parser.add_argument("--preset", default="demo",
                         help=f"preset every method starts from (default: demo); one of {', '.join(list_presets())}")
+    parser.add_argument("--seeds", default=None,
+                        help="comma-separated seeds, e.g. 0,1,2: every method is trained once per seed (student init, "
+                             "data order, attack noise; same data split and teachers); default: --seed alone")
+    parser.add_argument("--baseline", default=None,
+                        help="method the others are compared with seed by seed (default: the first of --methods)")
     parser.add_argument("--config", default=None, help="YAML file of config keys (applied after the preset)")
     parser.add_argument("--aa", action="store_true", help="add AutoAttack to the table (needs pyautoattack)")
     parser.add_argument("--per-method-presets", action="store_true",
@@ -31,6 +38,7 @@ def run(args):
 
     overrides = parse_extra(getattr(args, "extra", []), None)
     result = compare(args.methods, preset=args.preset, config_file=args.config, aa=args.aa,
-                     per_method_presets=args.per_method_presets, reuse=not args.retrain, **overrides)
-    print(f"results: {result.out_dir}/compare.md, {result.out_dir}/compare.json")
+                     per_method_presets=args.per_method_presets, reuse=not args.retrain, seeds=args.seeds,
+                     baseline=args.baseline, **overrides)
+    print(f"results: {result.out_dir}/compare.md, {result.out_dir}/compare.json, {result.out_dir}/compare.csv")
     return 0

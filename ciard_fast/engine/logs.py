@@ -1,4 +1,4 @@
-"""Run logs: per-epoch rows as CSV and JSONL, a progress line, and a PNG of the curves.
+"""Run logs: per-epoch rows as CSV and JSONL and a progress line (the curves: ciard_fast/plots.py).
 
 Rows are rewritten whole (atomically) from the run's history at each epoch, so a resumed run's
 files hold exactly the epochs of its checkpoint followed by the new ones.
@@ -26,69 +26,90 @@ def write_history(out_dir, history):
 
 
 class Progress:
-    """One status line per epoch, refreshed every `log_every` steps (each refresh reads a few
-    device scalars: that host sync happens between steps, never inside one)."""
+    """Training progress on stderr. On a terminal: a tqdm bar per epoch over its steps (rate, ETA,
+    the running means as postfix); on a file or pipe: one line per epoch at its last step (a bar's
+    carriage returns would make an unreadable log), then the epoch's summary line either way.
+
+    `update` is called every `log_every` steps: each call reads a few device scalars, a host sync
+    that happens between steps, never inside one."""
 
     def __init__(self, enabled=True, stream=None, prefix=""):
         self.enabled = enabled
         self.stream = stream or sys.stderr
         self.prefix = prefix
         self.interactive = enabled and hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_line_len = 0
+        self._bar = None
+        self._epoch = None
 
     def update(self, epoch, epochs, step, steps, values, images_per_s):
         if not self.enabled:
             return
         shown = " ".join(f"{k}={v:.4g}" for k, v in values.items())
-        line = f"{self.prefix}epoch {epoch}/{epochs} step {step}/{steps} {shown} {images_per_s:.0f} img/s"
         if self.interactive:
-            pad = max(0, self._last_line_len - len(line))
-            self.stream.write("\r" + line + " " * pad)
-            self._last_line_len = len(line)
+            from tqdm.auto import tqdm
+
+            if self._bar is None or self._epoch != epoch:
+                self._close_bar()
+                self._bar = tqdm(total=steps, desc=f"{self.prefix}epoch {epoch}/{epochs}", unit="step",
+                                 file=self.stream, leave=False, dynamic_ncols=True)
+                self._epoch = epoch
+            self._bar.set_postfix_str(f"{shown} {images_per_s:.0f} img/s", refresh=False)
+            self._bar.update(step - self._bar.n)
+            if step == steps:
+                self._bar.refresh()  # the epoch's final count and rate, whatever tqdm's redraw interval
         elif step == steps:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.write(f"{self.prefix}epoch {epoch}/{epochs} step {step}/{steps} {shown} "
+                              f"{images_per_s:.0f} img/s\n")
+            self.stream.flush()
+
+    def _close_bar(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
     def end_epoch(self, summary):
         if not self.enabled:
             return
-        if self.interactive:
-            self.stream.write("\n")
-            self._last_line_len = 0
+        self._close_bar()
         self.stream.write(f"{self.prefix}{summary}\n")
         self.stream.flush()
 
 
-def plot_history(out_dir, history, filename="curves.png"):
-    """Loss and accuracy curves over epochs; silently skipped when matplotlib is not installed.
-    Returns the path written or None."""
+def _summary_writer_class():
+    """torch's SummaryWriter, or an ImportError that says how to get it."""
     try:
-        import matplotlib
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise ImportError(
+            f"tensorboard=true needs the 'tensorboard' package, which is not installed ({err}); "
+            "install it with pip install 'ciard-fast[tensorboard]' or run with --tensorboard false"
+        ) from err
+    return SummaryWriter
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    if not history:
-        return None
-    epochs = [row["epoch"] for row in history]
-    loss_keys = [k for k in history[-1] if k.startswith("train_") and k != "train_images_per_s"]
-    acc_keys = [k for k in history[-1] if k.startswith("val_")]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for key in loss_keys:
-        axes[0].plot(epochs, [row.get(key, float("nan")) for row in history], label=key[len("train_"):])
-    axes[0].set_xlabel("epoch")
-    axes[0].set_title("training losses")
-    axes[0].legend(fontsize=7)
-    for key in acc_keys:
-        points = [(row["epoch"], row[key]) for row in history if key in row]
-        axes[1].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key[len("val_"):])
-    axes[1].set_xlabel("epoch")
-    axes[1].set_title("validation accuracy (%)")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out_dir, filename)
-    with atomic_write(path) as f:  # like every run file: whole or absent, never a truncated PNG
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
-    return path
+
+class TensorBoardLog:
+    """Every scalar of each epoch's row (losses, lr, method values, validation accuracy, seconds) as a
+    TensorBoard scalar at step = epoch, under `log_dir` (the run's `tensorboard/`).
+
+    The package is checked when this is built, so a missing `tensorboard` stops the run before any
+    training; the writer itself opens at the first row with purge_step = that epoch, so a resumed
+    run replaces the events of the epochs it redoes instead of doubling them."""
+
+    def __init__(self, log_dir):
+        self._writer_class = _summary_writer_class()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def write(self, row):
+        epoch = int(row["epoch"])
+        if self._writer is None:
+            self._writer = self._writer_class(log_dir=self.log_dir, purge_step=epoch)
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(key, value, epoch)
+        self._writer.flush()
+
+    def close(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

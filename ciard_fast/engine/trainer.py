@@ -26,7 +26,7 @@ from .distributed import DistContext, unwrap
 from .divergence import FiniteMonitor, check_finite_weights
 from .signals import RunInterrupted, stop_requested
 from ..attacks.graphs import GraphCache, cuda_graphs
-from .logs import Progress, write_history
+from .logs import Progress, TensorBoardLog, write_history
 from .optim import build_optimizer, set_lr
 from .validation import correct_clean_and_pgd
 
@@ -83,6 +83,8 @@ class Trainer:
         self.state = RunState()
         self.monitor = FiniteMonitor()
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
+        self.tensorboard = (TensorBoardLog(os.path.join(out_dir, "tensorboard"))
+                            if config.tensorboard and self.is_main else None)
 
     @property
     def is_main(self):
@@ -138,6 +140,8 @@ class Trainer:
         finally:
             if self.graphs is not None:
                 self.graphs.release()  # graphs pin the student's tensors and a memory pool
+            if self.tensorboard is not None:
+                self.tensorboard.close()
 
     def _fit(self):
         config = self.config
@@ -271,4 +275,6 @@ class Trainer:
                 ckpt.save_checkpoint(self.best_path, state)
             ckpt.save_checkpoint(self.last_path, state)
             write_history(self.out_dir, self.state.history)
+            if self.tensorboard is not None:
+                self.tensorboard.write(row)
         self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it
