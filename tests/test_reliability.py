@@ -82,6 +82,26 @@ def test_user_folder_with_a_run_is_refused_unless_overwrite(tmp_path):
     assert result.evaluated == "last.pt (epoch 1; no validation, so no best.pt)"
 
 
+def test_overwrite_removes_every_file_of_the_earlier_run_before_training(tmp_path, monkeypatch):
+    """A run that replaces another and then crashes leaves none of the earlier run's results,
+    model card or teacher report beside its own files."""
+    from ciard_fast.engine import rundir
+
+    ciard_fast.train(tiny(tmp_path, "run", epochs=1, seed=1))
+    folder = tmp_path / "run"
+    (folder / "teachers.json").write_text("{}")  # as a distillation run writes it
+    (folder / "tensorboard").mkdir()
+    (folder / "tensorboard" / "events").write_text("x")
+    assert (folder / "model_card.json").exists() and (folder / "results.json").exists()
+    from ciard_fast.engine import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: (_ for _ in ()).throw(RuntimeError("crash")))
+    with pytest.raises(RuntimeError, match="crash"):
+        ciard_fast.train(tiny(tmp_path, "run", epochs=1, seed=2, overwrite=True))
+    left = set(os.listdir(folder))
+    assert not left & set(rundir.RUN_FILES) and "tensorboard" not in left, left
+
+
 def test_resume_continues_in_the_folder_that_holds_the_checkpoint(tmp_path):
     ciard_fast.train(tiny(tmp_path, "old", stop_after=1))
     os.rename(tmp_path / "old", tmp_path / "moved")

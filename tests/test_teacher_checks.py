@@ -46,10 +46,15 @@ class TemplateProbe(ImageClassifier):
         return -10.0 * ((features[:, None, :] - self.templates[None]) ** 2).sum(-1)
 
 
-try:
+@pytest.fixture(autouse=True, scope="module")
+def _template_probe_registered():
+    """The probe is a registered model only while this module's tests run (other modules list
+    every registered model)."""
+    from ciard_fast.models.registry import MODELS
+
     register_model("test_template_probe")(TemplateProbe)
-except ValueError:  # the module imported twice in one session
-    pass
+    yield
+    MODELS.unregister("test_template_probe")
 
 
 def train_split():

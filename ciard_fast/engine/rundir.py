@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import json
 import os
+import shutil
 import socket
 import sys
 
@@ -27,7 +28,11 @@ from ..atomic import TEMP_PREFIX, create_exclusive, remove_stale_temporaries
 LOCK_NAME = "run.lock"
 # What a run writes in its folder (besides teachers/ and natural_student/ caches, which are only
 # reused when their config matches exactly, so they do not make a folder "hold a run").
-RUN_FILES = ("last.pt", "best.pt", "results.json", "results.md", "metrics.csv", "metrics.jsonl", "curves.png")
+# Everything a run writes into its folder: an overwritten run leaves none of the earlier one's
+# files behind (a crash of the new run must not leave the old model card or table beside it).
+RUN_FILES = ("last.pt", "best.pt", "results.json", "results.md", "metrics.csv", "metrics.jsonl", "curves.png",
+             "model_card.json", "model_card.md", "teachers.json", "compare_row.json")
+RUN_DIRS = ("tensorboard",)
 CACHE_DIRS = ("teachers", "natural_student")
 
 
@@ -128,6 +133,8 @@ def remove_run_files(folder):
     for name in RUN_FILES:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(folder, name))
+    for name in RUN_DIRS:
+        shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def numbered(folder, index):
