@@ -54,6 +54,13 @@ def stop_at_once(checkpoint, epoch, step):
 
     if _STOP["signum"] is not None:
         raise RunInterrupted(_STOP["signum"], checkpoint, epoch, step)
+    with _handling(handler):
+        yield
+
+
+@contextlib.contextmanager
+def _handling(handler):
+    """`handler` for SIGTERM and SIGINT within the block; the previous handlers after it."""
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         for s in previous:
@@ -85,13 +92,9 @@ def graceful_stop():
     if threading.current_thread() is not threading.main_thread() or _STOP.get("installed"):
         yield
         return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
     _STOP.update(signum=None, installed=True)
     try:
-        for s in previous:
-            signal.signal(s, _handler)
-        yield
+        with _handling(_handler):
+            yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
         _STOP.update(signum=None, installed=False)
