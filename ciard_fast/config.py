@@ -305,13 +305,12 @@ def derive_config(parent, declared, **changes):
     inherited, so a field added to TrainConfig later reaches derived runs (teachers, compare's
     methods, the natural student) by default. `declared`: the caller's named list of the fields
     it may change; a change outside it is a programming error (the lists are what tests audit).
-    `method_args` is replaced as given, not merged. The result is validated."""
+    `method_args` is replaced as given, not merged. The result is validated (by TrainConfig's
+    own __post_init__, which `dataclasses.replace` runs)."""
     stray = sorted(set(changes) - set(declared))
     if stray:
         raise ValueError(f"derive_config: {stray} are not in the declared list of changed fields {tuple(declared)}")
-    config = dataclasses.replace(parent, **changes)
-    validate_config(config)
-    return config
+    return dataclasses.replace(parent, **changes)
 
 
 _CHOICES = {

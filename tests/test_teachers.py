@@ -10,7 +10,7 @@ import pytest
 
 import ciard_fast
 from ciard_fast.config import FIELD_NAMES, TrainConfig, build_config
-from ciard_fast.engine import api, compare as compare_module
+from ciard_fast.engine import api, checkpoint as ckpt, compare as compare_module
 from ciard_fast.engine.teachers import (
     TEACHER_FIELDS, TEACHER_RUN_OVERRIDES, TeacherSpec, ensure_teacher, teacher_run_config, teacher_spec,
     teacher_specs,
@@ -263,3 +263,16 @@ def test_only_teachers_py_reads_the_teacher_slots_by_computed_name():
                     and "teacher" in ast.unparse(node.args[1])):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
     assert not offenders, offenders
+
+
+def test_a_finished_run_is_reused_whatever_its_result_neutral_fields(tmp_path):
+    """One list (engine/checkpoint.RESULT_NEUTRAL) says which fields never change a run's numbers:
+    the cached teacher / natural-student runs and compare's runs all reuse through it."""
+    ciard_fast.train(build_config(overrides={**TINY, "method": "natural", "out_dir": str(tmp_path / "run")}))
+    path = str(tmp_path / "run" / "last.pt")
+    done = build_config(overrides={**TINY, "method": "natural", "out_dir": str(tmp_path / "run")})
+    assert ckpt.is_finished_run(path, done)
+    for change in (dict(log_every=7), dict(plot=False), dict(progress=False), dict(overwrite=True),
+                   dict(checkpoint_every_steps=3)):
+        assert ckpt.is_finished_run(path, done.replace(**change)), change
+    assert not ckpt.is_finished_run(path, done.replace(lr=0.05))  # a field that changes the numbers

@@ -59,9 +59,10 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# Config keys that do not change what a run computes: a cached run that differs only in them is
+# Config keys that change what a run shows, logs or how it may reuse its folder, never its numbers:
+# a cached teacher / natural-student run, or a comparison's run, that differs only in them is
 # reused (or continued).
-RESULT_NEUTRAL = ("progress", "overwrite", "checkpoint_every_steps")
+RESULT_NEUTRAL = ("progress", "plot", "tensorboard", "log_every", "overwrite", "checkpoint_every_steps")
 
 
 def same_run_config(saved, config, ignore=()):

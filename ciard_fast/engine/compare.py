@@ -353,13 +353,10 @@ def _teacher_weights(base, kind, out_dir):
     return weights, spec.normalize
 
 
-# Config fields that change what a run shows or logs, never its numbers: a finished run is reused
-# whatever they were (e.g. a comparison rerun with --progress false, or --plot false).
-PRESENTATION = ("progress", "plot", "tensorboard", "log_every")
-
-
 def _reuse_key(entry):
-    config = {k: v for k, v in (entry.get("config") or {}).items() if k not in PRESENTATION}
+    # a finished run is reused whatever its result-neutral fields were (e.g. a comparison rerun
+    # with --progress false or --plot false): the one list, in engine/checkpoint.py
+    config = {k: v for k, v in (entry.get("config") or {}).items() if k not in ckpt.RESULT_NEUTRAL}
     return {"config": config, "teachers": entry.get("teachers")}
 
 
