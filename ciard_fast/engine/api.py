@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import sys
 from typing import Optional
 
 import torch

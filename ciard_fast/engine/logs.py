@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from ..atomic import atomic_write, write_text_atomic
+from ..atomic import write_text_atomic
 
 
 def write_history(out_dir, history):
