@@ -46,7 +46,7 @@ class PublicStep:
     def __init__(self, S, R, N, weighting, decay_first=False):
         self.S, self.R, self.N = S, R, N
         self.weighting = weighting
-        self.decay_first = True
+        self.decay_first = decay_first  # True: the order this library used before (a wrong transcription)
         self.opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
         self.topt = torch.optim.SGD(R.parameters(), lr=0.0, momentum=0.1, weight_decay=2e-4)
         self.temp_adv = self.temp_nat = 1.0
@@ -187,7 +187,7 @@ def run_method(S, R, N, data, reference_code, weighting, trace=None):
 
 
 def run_public(S, R, N, data, weighting, trace=None, decay_first=False):
-    public = PublicStep(S, R, N, weighting)
+    public = PublicStep(S, R, N, weighting, decay_first=decay_first)
     k = 0
     for epoch, steps in SCHEDULE:
         for _ in range(steps):
@@ -247,6 +247,21 @@ def test_reference_mode_reproduces_the_public_step(weighting):
     moved = max(float((a.detach() - b.detach()).abs().max() / b.detach().abs().max())
                 for a, b in zip(mine.robust_teacher.parameters(), R.parameters()))
     assert moved > 1e-3
+
+
+def test_the_milestone_comparison_tells_the_order_of_the_decay():
+    """The transcription with the rates decayed *before* the step's updates (this library's
+    earlier order) differs from our step at the first step of the milestone epoch already, so the
+    per-step comparison above would catch that order; before the milestone epoch both agree."""
+    S, R, N = models()
+    data = batches()
+    mine_trace, wrong_trace = [], []
+    run_method(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, True, None, mine_trace)
+    run_public(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, "fixed", wrong_trace, decay_first=True)
+    milestone = 9
+    first = next(i for i, row in enumerate(mine_trace) if row[0] == milestone)
+    assert worst_state_difference(mine_trace[:first], wrong_trace[:first]) < 1e-6
+    assert worst_state_difference(mine_trace[first:first + 1], wrong_trace[first:first + 1]) > 1e-4
 
 
 def test_default_mode_differs_from_the_public_step():

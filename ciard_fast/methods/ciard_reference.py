@@ -15,9 +15,10 @@ from our default:
     upload's MTARD-weighted total.
   * λ is the public `scale_to_magnitude`: 1e-7 is added only to a loss that is exactly 0 (no
     floor), and λ and the push term are skipped on a step whose mask is empty.
-  * η_w and η_τ are multiplied by 0.1 at *every step* of the (scaled) epochs 215/260/285, before
-    that step's updates: both underflow to ≈0 inside the first of those epochs and τ, w freeze.
-    So η decays per step and is checkpointed state here.
+  * η_w and η_τ are multiplied by 0.1 at *every step* of the (scaled) epochs 215/260/285, after
+    that step's temperature and weight updates (the public loop decays them after computing the
+    step's τ and w, before its backward): both underflow to ≈0 inside the first of those epochs
+    and τ, w freeze. So η decays per step and is checkpointed state here.
 The schedules (student lr, ITT lr, ITT after epoch E_itt) are the same in both modes. The
 reference mode keeps every quantity on the device, so its step makes no host sync either (the
 public code makes ~11). docs/method.md tabulates each difference and why our default differs.
@@ -86,8 +87,9 @@ class CIARDReference(CIARD):
         return torch.where(mask_count > 0, losses.push_weight_reference(L_adv, L_nat, L_push), self.push_lambda)
 
     def training_step(self, x, y):
+        out = super().training_step(x, y)
         if self.epoch in self._eta_decay_epochs:
-            # the per-step decay inside a milestone epoch (before this step's updates)
+            # the public order: this step's τ and w used the rates before the decay
             self.eta_tau.mul_(0.1)
             self.eta_w.mul_(0.1)
-        return super().training_step(x, y)
+        return out
