@@ -12,6 +12,8 @@ For each method:
     schedules change (first and last epoch);
   * a step returns a 0-d "loss" and detached 0-d logged values; `log_values()` too;
   * a network declared frozen stays bit-identical, without gradients, in eval mode;
+  * the checkpoint's method entry, put into a fresh method at the same epoch, gives back every
+    tensor the method holds (no state left unregistered) and the same next step;
   * a run interrupted inside an epoch (SIGTERM) and resumed ends bit-identical to the
     uninterrupted run: student, networks, optimisers, method state, history, results;
   * every out-of-range, wrong-choice or wrong-type option fails when the config is built, before
@@ -40,7 +42,8 @@ from _tiny import tiny_convnet
 from test_ciard_method import forbid_host_sync
 
 __all__ = ["test_contract_step_makes_no_host_sync", "test_contract_logged_values_are_0d_tensors",
-           "test_contract_frozen_networks_stay_frozen", "test_contract_mid_epoch_resume_is_exact",
+           "test_contract_frozen_networks_stay_frozen", "test_contract_state_round_trip_restores_every_tensor",
+           "test_contract_mid_epoch_resume_is_exact",
            "test_contract_bad_options_fail_at_config_time", "teacher_files"]
 
 EPOCHS = 6  # CIARD's ITT from epoch 2, IAD's introspection from epoch 2: epochs 1 and 6 see both sides
@@ -129,6 +132,40 @@ def test_contract_frozen_networks_stay_frozen(contract_case):
             assert torch.equal(v, before[role][k]), f"frozen {role} changed: {k}"
         assert all(p.grad is None and not p.requires_grad for p in network.parameters()), role
     assert any(not torch.equal(v, student_before[k]) for k, v in method.student.state_dict().items())
+
+
+def _tensors(method):
+    """Every tensor the method object holds directly (its state, caches), by attribute name."""
+    return {k: v for k, v in vars(method).items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("epoch", [1, EPOCHS])
+def test_contract_state_round_trip_restores_every_tensor(contract_case, epoch):
+    a = build(contract_case)
+    a_opt = RunOptimizers(a, momentum=0.9, kind="sgd")
+    start(a, a_opt, epoch)
+    for seed in range(3):
+        engine_step(a, a_opt, *batch(seed))
+    # what a mid-epoch resume does: a fresh method, the epoch started, then the checkpoint's entry
+    b = build(contract_case)
+    b_opt = RunOptimizers(b, momentum=0.9, kind="sgd")
+    start(b, b_opt, epoch)
+    ckpt.restore_method_entry(b, b_opt, ckpt.method_entry(a, a_opt.state_dict()))
+    b.student.load_state_dict(a.student.state_dict())
+    b_opt["student"].load_state_dict(a_opt["student"].state_dict())
+    ta, tb = _tensors(a), _tensors(b)
+    assert ta.keys() == tb.keys()
+    for name in ta:
+        assert torch.equal(ta[name], tb[name]), f"{name} differs after the round trip: register it as state"
+    torch.manual_seed(7)
+    out_a = engine_step(a, a_opt, *batch(9))
+    torch.manual_seed(7)
+    out_b = engine_step(b, b_opt, *batch(9))
+    _assert_same({k: v.detach() for k, v in out_a.items()}, {k: v.detach() for k, v in out_b.items()}, "step")
+    a.end_epoch(epoch)
+    b.end_epoch(epoch)
+    for name, value in _tensors(a).items():
+        assert torch.equal(value, _tensors(b)[name]), name
 
 
 # ---- a whole run, cut inside an epoch and resumed ------------------------------------------------------

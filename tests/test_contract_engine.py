@@ -38,6 +38,8 @@ def test_a_bad_option_fails_when_the_config_is_built_before_any_data_or_teacher(
         build_config(overrides={"method": "ciard", "eta_w": 1.5})
     with pytest.raises(ValueError, match="teacher_momentum must be in \\[0, 1\\)"):
         build_config(overrides={"method": "ciard", "teacher_momentum": 1.0})
+    with pytest.raises(ValueError, match="w_nat=0.3 sets the adaptive weights' start, but weighting='fixed' uses none"):
+        build_config(overrides={"method": "ciard", "weighting": "fixed", "w_nat": 0.3})
     with pytest.raises(ValueError, match="method 'ard' has no option"):
         make_options("ard", {"eta_w": 0.1})
     with pytest.raises(ValueError, match="eta_w"):  # derived configs are checked too
@@ -253,6 +255,9 @@ def test_a_checkpoint_without_a_declared_network_or_state_is_one_clear_error(tmp
 
 # ---- engine callbacks and the evaluated weights ------------------------------------------------------------
 def test_callbacks_are_built_by_name_and_checked():
+    from ciard_fast.registry import Registry
+
+    assert ciard_fast.register_callback is register_callback and isinstance(CALLBACKS, Registry)
     register_callback("zz_not_a_callback", lambda config: object())
     try:
         with pytest.raises(TypeError, match="callback factory 'zz_not_a_callback' returned object"):

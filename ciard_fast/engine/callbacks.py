@@ -29,6 +29,7 @@ and for checkpoints and evaluation:
 Hooks run on every rank; none may read a device value on the host inside `after_optimizer_step`
 (it runs every step).
 """
+import importlib
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from torch import nn
@@ -71,7 +72,17 @@ class Callback:
         return None
 
 
-CALLBACKS = Registry("callback")
+# The engine features shipped with the library (modules that register a callback), imported on
+# the first lookup; user code registers its own before `train()`.
+BUILTIN_CALLBACK_MODULES: Tuple[str, ...] = ()
+
+
+def _discover():
+    for module in BUILTIN_CALLBACK_MODULES:
+        importlib.import_module(module)
+
+
+CALLBACKS = Registry("callback", discover=_discover)
 
 
 def register_callback(name: str, factory: Optional[Callable] = None):

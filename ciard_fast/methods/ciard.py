@@ -49,6 +49,13 @@ class CIARD(Method):
         teacher_weight_decay: float = option(2e-4, "ITT SGD weight decay", at_least=0)
         reference_code: bool = option(False, "the public code's step (ciard_reference.py)")
 
+        def check(self):
+            super().check()
+            default = {f.name: f.default for f in dataclasses.fields(self)}["w_nat"]
+            if self.weighting == "fixed" and not self.reference_code and self.w_nat != default:
+                raise ValueError(f"w_nat={self.w_nat!r} sets the adaptive weights' start, but weighting='fixed' "
+                                 "uses none (outside reference_code); drop w_nat or use weighting='adaptive'")
+
     @classmethod
     def declare_networks(cls, options):
         return (Network.teacher("robust_teacher", "robust", trainable=options.itt),
