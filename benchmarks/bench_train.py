@@ -131,7 +131,7 @@ def make_ours(args, device, models, images, labels):
     the CUDA-graphed PGD loop; on CPU fp32 and plain SGD — and the body of Trainer's step loop."""
     from ciard_fast.config import TrainConfig
     from ciard_fast.data import DeviceLoader
-    from ciard_fast.engine.optim import build_optimizer
+    from ciard_fast.engine.optim import RunOptimizers
     from ciard_fast.engine.precision import autocast, resolve_precision, use_channels_last
     from ciard_fast.attacks.graphs import GraphCache
     from ciard_fast.engine.trainer import step_forward, step_update
@@ -149,10 +149,11 @@ def make_ours(args, device, models, images, labels):
                  attack=AttackSettings(EPS, ALPHA, PGD_STEPS), device=device, robust_teacher=robust,
                  clean_teacher=clean)
     epoch = ITT_EPOCH if args.stage == "itt" else PRE_ITT_EPOCH
+    # every optimiser of the run (the student's and ITT's on R), as the engine builds and schedules them
+    optimizer = RunOptimizers(method, config.momentum, config.weight_decay, device, config.optimizer)
+    optimizer.set_epoch(epoch)
     method.start_epoch(epoch)
     student.train()
-    optimizer = build_optimizer(student.parameters(), method.student_lr(epoch), config.momentum,
-                                config.weight_decay, device, config.optimizer)
     loader = DeviceLoader(images, labels, batch_size=args.batch, device=device, shuffle=True, augment=True,
                           drop_last=True, seed=config.seed, channels_last=channels_last)
     batches = endless(loader)
@@ -165,7 +166,7 @@ def make_ours(args, device, models, images, labels):
         step_update(method, optimizer, out, sums)
 
     dtype = "bf16" if precision == "bf16" else "fp32"
-    fused = any(group.get("fused") for group in optimizer.param_groups)
+    fused = any(group.get("fused") for group in optimizer["student"].param_groups)
     note = ", ".join(filter(None, ["bf16 autocast" if dtype == "bf16" else "fp32",
                                    "channels_last" if channels_last else "", "fused SGD" if fused else "",
                                    "graphed PGD" if graphs is not None else "", "DeviceLoader"]))
@@ -178,7 +179,7 @@ def make_reference(args, device, models, images, labels, method):
 
     student, robust, clean = (m.to(device) for m in models)
     step = ReferenceCIARD(student, robust, clean, lr=method.student_lr(method.epoch),
-                          teacher_lr=method.teacher_optimizer.param_groups[0]["lr"] if method.teacher_optimizer else 0.0,
+                          teacher_lr=method.teacher_lr(method.epoch) if method.options.itt else 0.0,
                           eps=EPS, alpha=ALPHA, steps=PGD_STEPS, kd_scale=method.kd_scale,
                           itt_active=method.itt_active)
     student.train()

@@ -32,6 +32,7 @@ _EXPORTS = {
     "load_dataset": "ciard_fast.data",
     "register_dataset": "ciard_fast.data",
     "register_method": "ciard_fast.methods",
+    "register_callback": "ciard_fast.engine.callbacks",
     "list_methods": "ciard_fast.methods",
     "register_attack": "ciard_fast.attacks.columns",
     "list_attacks": "ciard_fast.attacks.columns",

@@ -15,12 +15,12 @@ the closest valid ones, and where the valid ones are listed.
 """
 import dataclasses
 import difflib
-import math
-import numbers
 import os
 import re
 import typing
 from typing import Optional, Tuple, Union
+
+from .options import check_choice as _check_choice, check_range, check_type as _check_type
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 DEFAULT_PRESET = "demo"
@@ -294,8 +294,7 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
     for key in method_args:
         if key not in option_names:
             raise _unknown_key_error(key, method, option_names)
-    config = TrainConfig(**fields, method_args=method_args)
-    validate_method_args(config.method, config.method_args)
+    config = TrainConfig(**fields, method_args=method_args)  # checks every field and the method's options
     object.__setattr__(config, "_out_dir_given", out_dir_given and config.out_dir is not None)
     return config
 
@@ -317,7 +316,6 @@ _CHOICES = {
     "loader": ("device", "dali"),
     "precision": ("auto", "fp32", "bf16"),
     "optimizer": ("auto", "sgd", "fused", "apex"),
-    "attack_random_start": ("default", "uniform", "normal", "none"),
     "robust_teacher_method": ("trades", "sat", "natural"),
 }
 # (low, low_inclusive, high, high_inclusive) of numeric fields; None: unbounded.
@@ -341,75 +339,8 @@ _HINTS = {
 _DEVICE_FORMS = "auto, cpu, cuda or cuda:N"
 
 
-def _type_name(annotation):
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union:
-        return " or ".join(_type_name(a) for a in args)
-    if origin in (tuple, list):
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    return {type(None): "None", bool: "true/false", int: "an integer", float: "a number", str: "a string",
-            dict: "a mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
-def _matches(value, annotation):
-    """Does `value` have the type `annotation` names? No coercion: '0.1' is not a float and
-    'false' is not a bool (the CLI parses its strings before they get here)."""
-    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union:
-        return any(_matches(value, a) for a in args)
-    if annotation is type(None):
-        return value is None
-    if annotation is bool:
-        return isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if annotation is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if annotation is str:
-        return isinstance(value, str)
-    if annotation is dict:
-        return isinstance(value, dict)
-    if origin in (tuple, list):
-        if not isinstance(value, (tuple, list)):
-            return False
-        if len(args) == 2 and args[1] is Ellipsis:
-            return all(_matches(v, args[0]) for v in value)
-        return len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args))
-    return True  # an annotation we do not know: no claim
-
-
-def _check_type(name, value, annotation, where="config"):
-    if not _matches(value, annotation):
-        hint = ""
-        if isinstance(value, str):
-            hint = " (a string: from Python pass the value itself, e.g. 0.1 or False, not '0.1' or 'false')"
-        raise TypeError(f"{where} field {name!r} must be {_type_name(annotation)}, got {value!r} "
-                        f"({type(value).__name__}){hint}")
-
-
 def _check_range(name, value, bounds):
-    if value is None:
-        return
-    low, low_inc, high, high_inc = bounds
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    bad = (low is not None and (value < low or (value == low and not low_inc))) or \
-          (high is not None and (value > high or (value == high and not high_inc)))
-    if bad:
-        if low is not None and high is not None:
-            rule = f"in {'[' if low_inc else '('}{low}, {high}{']' if high_inc else ')'}"
-        elif low is not None:
-            rule = f"{'>=' if low_inc else '>'} {low}"
-        else:
-            rule = f"{'<=' if high_inc else '<'} {high}"
-        raise ValueError(f"{name} must be {rule}{_HINTS.get(name, '')}, got {value!r}")
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}.{hint}")
+    check_range(name, value, bounds, _HINTS.get(name, ""))
 
 
 def validate_config(config):
@@ -427,11 +358,16 @@ def validate_config(config):
         _check_choice(name, getattr(config, name), choices)
 
     from .attacks.columns import get_attack
+    from .attacks.pgd import TRAINING_RANDOM_STARTS
     from .data.registry import list_datasets
-    from .methods import list_methods
+    from .methods import list_methods, make_options
     from .models import list_models
 
+    _check_choice("attack_random_start", config.attack_random_start, TRAINING_RANDOM_STARTS)
     _check_choice("method", config.method, list_methods())
+    # the method's own Options check every option (type, range, choices, rules between them) now,
+    # before any data is loaded or teacher trained
+    make_options(config.method, config.method_args)
     _check_choice("dataset", config.dataset, list_datasets())
     models = list_models()
     for name in ("student", "robust_teacher_model", "clean_teacher_model"):
@@ -461,39 +397,6 @@ def validate_config(config):
     for name in ("student_normalize", "robust_teacher_normalize", "clean_teacher_normalize"):
         if getattr(config, name) == "":
             raise ValueError(f"{name} is an empty string; give true, false or a dataset-statistics name")
-
-
-# Ranges of method options, by option name (the same name means the same thing in every method).
-_OPTION_RANGES = {
-    "tau": (0, False, None, False), "T_push": (0, False, None, False), "kd_weight": (0, True, 1, True),
-    "adv_weight": (0, True, 1, True), "w_nat": (0, True, 1, True), "beta": (0, True, None, False),
-    "E_itt": (0, True, None, False), "begin": (0, True, None, False), "eta_tau": (0, True, None, False),
-    "eta_w": (0, True, None, False), "teacher_lr": (0, False, None, False),
-    "teacher_momentum": (0, True, 1, False), "teacher_weight_decay": (0, True, None, False),
-    "kd_scale": (0, False, None, False),
-}
-_OPTION_CHOICES = {"weighting": ("adaptive", "fixed")}
-
-
-def validate_method_args(method, method_args):
-    """Type- and range-check a method's options (`method_args`) by their declared annotations."""
-    from .methods import get_method
-
-    options = get_method(method).Options
-    hints = typing.get_type_hints(options)
-    for name, value in method_args.items():
-        if name in hints:
-            _check_type(name, value, hints[name], where=f"method {method!r} option")
-        if name in _OPTION_RANGES and isinstance(value, numbers.Real) and not isinstance(value, bool):
-            _check_range(name, value, _OPTION_RANGES[name])
-        if name in _OPTION_CHOICES:
-            _check_choice(name, value, _OPTION_CHOICES[name])
-        if name == "rate_decay_epochs" and any(e < 0 for e in value):
-            raise ValueError(f"rate_decay_epochs must hold epochs >= 0, got {value!r}")
-    if "weight_bounds" in method_args:
-        low, high = method_args["weight_bounds"]
-        if not 0 < low <= high:
-            raise ValueError(f"weight_bounds must be (low, high) with 0 < low <= high, got {method_args['weight_bounds']!r}")
 
 
 # ---- parsing "--key value" strings from the command line ---------------------------------------

@@ -290,7 +290,7 @@ def _throughput(device, seconds=5.0):
     import torch
 
     from .attacks.graphs import GraphCache
-    from .engine.optim import build_optimizer
+    from .engine.optim import RunOptimizers
     from .engine.precision import autocast
     from .engine.trainer import step_forward, step_update
     from .methods import AttackSettings, get_method
@@ -307,9 +307,10 @@ def _throughput(device, seconds=5.0):
     cls = get_method("ciard")
     method = cls(models[0], num_classes=10, epochs=300, robust_teacher=models[1], clean_teacher=models[2],
                  attack=AttackSettings(8 / 255, 2 / 255, 10), device=device)
+    optimizer = RunOptimizers(method, 0.9, 5e-4, device)  # the student's and ITT's, as the engine's
+    optimizer.set_epoch(100)
     method.start_epoch(100)  # ITT active: the full step
     models[0].train()
-    optimizer = build_optimizer(models[0].parameters(), 0.1, 0.9, 5e-4, device)
     precision = "bf16" if cuda else "fp32"
     cache = GraphCache() if cuda else None
     x = torch.rand(batch, 3, 32, 32, device=device)

@@ -60,7 +60,9 @@ def ciard_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_pu
     """All CIARD loss terms in one fused pass.
 
     s_adv = S(x'), s_nat = S(x) (with gradients); r_adv = R(x'), n_nat = N(x), n_adv = N(x')
-    (teachers, treated as constants); tau_adv, tau_nat: temperatures (0-d device tensors).
+    (teachers, treated as constants); tau_adv, tau_nat: temperatures (0-d device tensors, or
+    per-class [C] tensors: row i of the teacher's logits is divided by τ[labels_i]; that form runs
+    the pure-torch reference, see `kernels.distill_loss`).
 
         L_adv  = kd_scale · kd_kl(s_adv, r_adv, teacher_T=τ_adv)
         L_nat  = kd_scale · kd_kl(s_nat, n_nat, teacher_T=τ_nat)

@@ -123,10 +123,11 @@ def _mode_picks_triton(tensor, mode, ops):
     return _CHECK_ON_CPU and tensor.device.type == "cpu" and ops["interpreted"]
 
 
-def _form(*values):
-    """How hyper-parameters are passed (each form compiles its own kernel specialisation)."""
+def _form(*values, vector="per_sample"):
+    """How hyper-parameters are passed (each form compiles its own kernel specialisation): a 1-d
+    tensor is `vector` ("per_sample" for the PGD ops' ε and α, "per_class" for distill_loss's τ)."""
     if any(isinstance(v, torch.Tensor) and v.dim() == 1 for v in values):
-        return "per_sample"
+        return vector
     if any(isinstance(v, torch.Tensor) for v in values):
         return "0d"
     return "number"
@@ -222,8 +223,12 @@ def pgd_random_start(x0, eps, kind="uniform", sigma=0.001, generator=None, seed=
 def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):
     """(L_adv, L_nat, L_push, H_a, H_n, mask_count); see reference.distill_loss.
 
-    Gradients flow to s_adv and s_nat; tau_adv, tau_nat, T_push may be numbers or 0-d tensors.
+    Gradients flow to s_adv and s_nat; T_push may be a number or a 0-d tensor; tau_adv, tau_nat a
+    number, a 0-d tensor or a per-class [C] tensor (row i uses τ[labels_i], ABSLD's per-class
+    temperatures). The per-class form always runs the reference (the fused kernel takes one
+    temperature per tensor).
     """
-    if _use_triton("distill_loss", s_adv, _form(tau_adv, tau_nat, T_push)):
+    form = _form(tau_adv, tau_nat, T_push, vector="per_class")
+    if form != "per_class" and _use_triton("distill_loss", s_adv, form):
         return _triton_ops()["distill_loss"](s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push)
     return reference.distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push)

@@ -75,13 +75,26 @@ def elementwise_kl(p, log_q):
     return p * (torch.log(p + KL_EPS) - log_q)
 
 
+def per_row_temperature(tau, labels, num_classes, name="tau"):
+    """A temperature as it divides [B, C] logits: a number or 0-d tensor as it is; a per-class
+    [C] tensor as the column [B, 1] of each row's class, τ[labels_i] (not a per-column divisor).
+    ValueError for any other shape (a per-sample [B] temperature is not a form of this loss)."""
+    if not isinstance(tau, torch.Tensor) or tau.dim() == 0:
+        return tau
+    if tau.dim() != 1 or tau.shape[0] != num_classes:
+        raise ValueError(f"{name} must be a number, a 0-d tensor or a per-class [{num_classes}] tensor, got shape "
+                         f"{tuple(tau.shape)}")
+    return tau[labels].unsqueeze(1)
+
+
 def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_push):
     """The CIARD multi-teacher loss terms (CIARD method, steps 3-5 and 7 of docs/method.md), in
     float32 (float64 when s_adv is float64; float16/bfloat16 logits are computed in float32).
 
     s_adv, s_nat: student logits on x' and x, [B, C] (the only inputs that receive gradients).
     r_adv: robust teacher on x'; n_nat, n_adv: clean teacher on x and x' ([B, C], detached).
-    labels: [B] int64. tau_adv, tau_nat: temperatures (floats or 0-d tensors). T_push: float.
+    labels: [B] int64. tau_adv, tau_nat: temperatures: floats, 0-d tensors, or per-class [C]
+    tensors (row i of the teacher's logits is divided by τ[labels_i]). T_push: float.
 
     Returns a tuple of 0-d tensors in the compute dtype (L_adv, L_nat, L_push, H_a, H_n, mask_count):
       L_adv  = mean_{B×C} kl(softmax(r_adv/τ_adv), log_softmax(s_adv))
@@ -99,6 +112,8 @@ def distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, T_
     n_nat = n_nat.detach().to(dtype)
     n_adv = n_adv.detach().to(dtype)
     num_classes = s_adv.shape[1]
+    tau_adv = per_row_temperature(tau_adv, labels, num_classes, "tau_adv")
+    tau_nat = per_row_temperature(tau_nat, labels, num_classes, "tau_nat")
 
     p_a = F.softmax(r_adv / tau_adv, dim=1)
     p_n = F.softmax(n_nat / tau_nat, dim=1)

@@ -18,6 +18,7 @@ import time
 import pytest
 import torch
 
+from ciard_fast.engine.optim import RunOptimizers
 from ciard_fast.methods import AttackSettings, get_method
 
 from _tiny import tiny_convnet
@@ -32,14 +33,15 @@ LR, MOMENTUM, WD = 0.1, 0.9, 2e-4
 
 
 def make_pair():
-    """Our CIARD method + its optimiser, and a reference step over deep copies of the same models."""
+    """Our CIARD method + its optimisers, and a reference step over deep copies of the same models."""
     student, robust, clean = tiny_convnet(seed=0), tiny_convnet(seed=1), tiny_convnet(seed=2)
     ref = ReferenceCIARD(copy.deepcopy(student), copy.deepcopy(robust), copy.deepcopy(clean), lr=LR,
                          momentum=MOMENTUM, weight_decay=WD, steps=3)
     cls = get_method("ciard")
     ours = cls(student, num_classes=10, epochs=EPOCHS, robust_teacher=robust, clean_teacher=clean,
                options=cls.Options(teacher_lr=TEACHER_LR), attack=AttackSettings(8 / 255, 2 / 255, 3))
-    optimizer = torch.optim.SGD(student.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    optimizer = RunOptimizers(ours, momentum=MOMENTUM, weight_decay=WD, kind="sgd")  # the student's, ITT's
+    assert optimizer["student"].param_groups[0]["lr"] == LR
     return ours, optimizer, ref
 
 
@@ -48,10 +50,11 @@ def batch(seed, B=16):
     return 0.1 + 0.8 * torch.rand(B, 3, 16, 16, generator=g), torch.randint(0, 10, (B,), generator=g)
 
 
-def start_epoch(ours, ref, epoch):
+def start_epoch(ours, optimizer, ref, epoch):
+    optimizer.set_epoch(epoch)
     ours.start_epoch(epoch)
     ref.itt_active = ours.itt_active
-    ref.set_lrs(lr=ours.student_lr(epoch), teacher_lr=ours.teacher_optimizer.param_groups[0]["lr"])
+    ref.set_lrs(lr=ours.student_lr(epoch), teacher_lr=optimizer["teacher_optimizer"].param_groups[0]["lr"])
 
 
 def step_both(ours, optimizer, ref, x, y, seed):
@@ -83,7 +86,7 @@ def assert_same_state(ours, ref):
 
 def test_reference_step_matches_ours_before_itt():
     ours, optimizer, ref = make_pair()
-    start_epoch(ours, ref, 1)
+    start_epoch(ours, optimizer, ref, 1)
     assert not ours.itt_active
     for i in range(2):  # the first step records L⁰; the second moves the loss weights
         x, y = batch(i)
@@ -99,9 +102,9 @@ def test_reference_step_matches_ours_before_itt():
 
 def test_reference_step_matches_ours_with_itt():
     ours, optimizer, ref = make_pair()
-    start_epoch(ours, ref, 1)
+    start_epoch(ours, optimizer, ref, 1)
     step_both(ours, optimizer, ref, *batch(0), seed=100)
-    start_epoch(ours, ref, 2)
+    start_epoch(ours, optimizer, ref, 2)
     assert ours.itt_active and ref.teacher_optimizer.param_groups[0]["lr"] > 0
     before = copy.deepcopy(ours.robust_teacher)
     step_both(ours, optimizer, ref, *batch(1), seed=101)

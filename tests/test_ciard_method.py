@@ -5,6 +5,8 @@ import pytest
 import torch
 
 from ciard_fast import losses
+from ciard_fast.engine import checkpoint as ckpt
+from ciard_fast.engine.optim import RunOptimizers
 from ciard_fast.methods import AttackSettings, get_method, list_methods
 
 from _tiny import tiny_convnet
@@ -53,6 +55,12 @@ def batch(seed=0, B=8):
     return torch.rand(B, 3, 16, 16, generator=g), torch.randint(0, 10, (B,), generator=g)
 
 
+def optimizers(method, momentum=0.0):
+    """The run's optimisers as the engine builds them: the student's SGD and the method's own
+    (CIARD's ITT optimiser of R), each at its schedule's lr after `set_epoch`."""
+    return RunOptimizers(method, momentum=momentum, kind="sgd")
+
+
 def one_step(method, x, y, optimizer):
     out = method.training_step(x, y)
     optimizer.zero_grad(set_to_none=True)
@@ -71,8 +79,9 @@ def test_registry_lists_ciard_and_rejects_unknown_names():
 @pytest.mark.parametrize("epoch", [1, 6])  # before ITT and with ITT active (E_itt = 6/6 = 1)
 def test_ciard_step_makes_no_host_sync(monkeypatch, epoch):
     method = make_ciard()
+    opt = optimizers(method)
+    opt.set_epoch(epoch)
     method.start_epoch(epoch)
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.1)
     x, y = batch()
     one_step(method, x, y, opt)  # the first step records L⁰; the second is the steady state
     with forbid_host_sync(monkeypatch) as calls:
@@ -89,16 +98,19 @@ def test_the_spy_does_catch_item():
 
 def test_clean_teacher_frozen_robust_teacher_trained_only_during_itt():
     method = make_ciard(epochs=12)  # E_itt = 2
-    opt = torch.optim.SGD(method.student.parameters(), lr=0.1, momentum=0.9)
+    opt = optimizers(method, momentum=0.9)
     clean_before = {k: v.clone() for k, v in method.clean_teacher.state_dict().items()}
     robust_before = {k: v.clone() for k, v in method.robust_teacher.state_dict().items()}
+    opt.set_epoch(2)
+    assert opt["teacher_optimizer"].param_groups[0]["lr"] == 0
     method.start_epoch(2)
     for s in range(2):
         one_step(method, *batch(s), opt)
     for k, v in method.robust_teacher.state_dict().items():
         assert torch.equal(v, robust_before[k]), f"robust teacher changed before ITT: {k}"
+    opt.set_epoch(3)
     method.start_epoch(3)  # epoch > E_itt: ITT on
-    assert method.teacher_optimizer.param_groups[0]["lr"] > 0
+    assert opt["teacher_optimizer"].param_groups[0]["lr"] > 0
     for s in range(2):
         out = one_step(method, *batch(s), opt)
     assert "teacher_loss" in out
@@ -156,15 +168,21 @@ def test_student_objective_is_the_weighted_sum_minus_push():
 
 def test_state_dict_round_trip():
     a = make_ciard(epochs=6)
+    opt = optimizers(a)
+    opt.set_epoch(3)
     a.start_epoch(3)
-    opt = torch.optim.SGD(a.student.parameters(), lr=0.1)
     one_step(a, *batch(), opt)
     b = make_ciard(epochs=6)
-    b.load_state_dict(a.state_dict())
+    b_opt = optimizers(b)
+    # the checkpoint's method entry: the registered state, R (ITT moved it) and R's optimiser
+    ckpt.restore_method_entry(b, b_opt, ckpt.method_entry(a, opt.state_dict()))
     for key in ("tau_adv", "tau_nat", "weights", "initial_losses", "push_lambda"):
         assert torch.equal(getattr(a, key), getattr(b, key))
+    assert any(not torch.equal(v, make_ciard(epochs=6).robust_teacher.state_dict()[k])
+               for k, v in a.robust_teacher.state_dict().items())
     for k, v in a.robust_teacher.state_dict().items():
         assert torch.equal(v, b.robust_teacher.state_dict()[k])
+    assert b_opt["teacher_optimizer"].state_dict()["state"].keys() == opt["teacher_optimizer"].state_dict()["state"].keys()
 
 
 def test_bad_options_are_rejected():

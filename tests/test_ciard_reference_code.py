@@ -4,9 +4,11 @@
 step: Python floats for τ, w, L⁰, λ and the rates; `.item()` everywhere; `nonzero` for the push
 mask; S(x), N(x) and an unused R(x) before the attack; R in train mode throughout; an unclamped
 x + 0.001·N(0, I) start; 1·L_adv + 1·L_nat (or the MTARD-weighted total); λ from
-`scale_to_magnitude`; η_w, η_τ ×0.1 at every step of the milestone epochs; ITT as a second
-backward after the student's step. Tiny BatchNorm models in float64 so that agreement is exact up
-to summation order.
+`scale_to_magnitude`; η_w, η_τ ×0.1 at every step of the milestone epochs, after that step's
+temperature and weight updates (the public loop's order); ITT as a second backward after the
+student's step. Tiny BatchNorm models in float64 so that agreement is exact up to summation order,
+compared after every step (three of them inside a milestone epoch, where the order of the decay
+shows at the first step).
 """
 import copy
 import math
@@ -15,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from ciard_fast.engine.optim import RunOptimizers
 from ciard_fast.methods import AttackSettings, get_method
 from ciard_fast.schedules import ciard_student_lr, ciard_teacher_lr, scaled_epoch
 
@@ -24,7 +27,7 @@ from test_ciard_method import forbid_host_sync
 EPOCHS = 12          # E_itt = 2; the ×0.1 epochs 215/260/285 of 300 scale to 9/10/11
 EPS, ALPHA, STEPS = 8 / 255, 2 / 255, 3
 TEACHER_LR = 0.05    # larger than the paper's 1e-4 so that six ITT steps move R visibly
-SCHEDULE = [(1, 2), (3, 2), (9, 2)]  # (epoch, steps): before ITT, after ITT starts, inside a decay epoch
+SCHEDULE = [(1, 2), (3, 2), (9, 3)]  # (epoch, steps): before ITT, after ITT starts, inside a decay epoch
 
 
 def kl(log_q, p):
@@ -40,9 +43,10 @@ def magnitude(value):
 class PublicStep:
     """One step of the public script, transcribed (see the module docstring)."""
 
-    def __init__(self, S, R, N, weighting):
+    def __init__(self, S, R, N, weighting, decay_first=False):
         self.S, self.R, self.N = S, R, N
         self.weighting = weighting
+        self.decay_first = decay_first  # True: the order this library used before (a wrong transcription)
         self.opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
         self.topt = torch.optim.SGD(R.parameters(), lr=0.0, momentum=0.1, weight_decay=2e-4)
         self.temp_adv = self.temp_nat = 1.0
@@ -56,7 +60,7 @@ class PublicStep:
 
     def step(self, x, y, epoch):
         S, R, N = self.S, self.R, self.N
-        if epoch in self.decay_epochs:
+        if self.decay_first and epoch in self.decay_epochs:
             self.lr_tau *= 0.1
             self.lr_w *= 0.1
         itt = epoch > EPOCHS / 6
@@ -125,6 +129,10 @@ class PublicStep:
             self.lam = 10.0 ** (min(magnitude(l_adv.item()), magnitude(l_nat.item())) - magnitude(l_push.item()))
             total = total - self.lam * l_push
 
+        # the public loop decays the rates here: after this step's τ and w, before its backward
+        if not self.decay_first and epoch in self.decay_epochs:
+            self.lr_tau *= 0.1
+            self.lr_w *= 0.1
         self.opt.zero_grad()
         total.backward()
         self.opt.step()
@@ -150,17 +158,19 @@ def batches():
     return out
 
 
-def run_method(S, R, N, data, reference_code, weighting):
+def run_method(S, R, N, data, reference_code, weighting, trace=None):
+    """Our method driven as the engine drives it (its optimisers from the declarations: the
+    student's SGD and ITT's on R, each lr from its schedule at the epoch's start). `trace`: a list
+    that gets (epoch, τ_adv, τ_nat, w_adv, w_nat, λ) after every step."""
     cls = get_method("ciard")
     options = cls.Options(reference_code=reference_code, weighting=weighting, teacher_lr=TEACHER_LR)
     method = cls(S, num_classes=10, epochs=EPOCHS, robust_teacher=R, clean_teacher=N, options=options,
                  attack=AttackSettings(EPS, ALPHA, STEPS))
-    opt = torch.optim.SGD(S.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    opt = RunOptimizers(method, momentum=0.9, weight_decay=2e-4, kind="sgd")
     k = 0
     for epoch, steps in SCHEDULE:
+        opt.set_epoch(epoch)
         method.start_epoch(epoch)
-        for group in opt.param_groups:
-            group["lr"] = method.student_lr(epoch)
         for _ in range(steps):
             x, y = data[k]
             torch.manual_seed(1000 + k)  # the same attack noise on both sides
@@ -169,20 +179,35 @@ def run_method(S, R, N, data, reference_code, weighting):
             out["loss"].backward()
             opt.step()
             method.after_optimizer_step()
+            if trace is not None:
+                trace.append((epoch,) + tuple(float(t) for t in (method.tau_adv, method.tau_nat, method.weights[0],
+                                                                  method.weights[1], method.push_lambda)))
             k += 1
     return method
 
 
-def run_public(S, R, N, data, weighting):
-    public = PublicStep(S, R, N, weighting)
+def run_public(S, R, N, data, weighting, trace=None, decay_first=False):
+    public = PublicStep(S, R, N, weighting, decay_first=decay_first)
     k = 0
     for epoch, steps in SCHEDULE:
         for _ in range(steps):
             x, y = data[k]
             torch.manual_seed(1000 + k)
             public.step(x, y, epoch)
+            if trace is not None:
+                trace.append((epoch, public.temp_adv, public.temp_nat, public.w_adv, public.w_nat, public.lam))
             k += 1
     return public
+
+
+def worst_state_difference(mine, public, epoch=None):
+    """max relative difference of (τ_adv, τ_nat, w_adv, w_nat, λ) over the steps (of `epoch`)."""
+    worst = 0.0
+    for a, b in zip(mine, public):
+        assert a[0] == b[0]
+        if epoch is None or a[0] == epoch:
+            worst = max(worst, max(abs(u - v) / max(abs(v), 1e-30) for u, v in zip(a[1:], b[1:])))
+    return worst
 
 
 def max_relative_difference(a, b, same_batches=True):
@@ -201,8 +226,13 @@ def max_relative_difference(a, b, same_batches=True):
 def test_reference_mode_reproduces_the_public_step(weighting):
     S, R, N = models()
     data = batches()
-    mine = run_method(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, True, weighting)
-    public = run_public(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, weighting or "fixed")
+    mine_trace, public_trace = [], []
+    mine = run_method(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, True, weighting, mine_trace)
+    public = run_public(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, weighting or "fixed",
+                        public_trace)
+    # τ, w, λ after every step, the three steps of the milestone epoch 9 included
+    assert len(mine_trace) == len(public_trace) == sum(n for _, n in SCHEDULE)
+    assert worst_state_difference(mine_trace, public_trace) < 1e-6
     assert max_relative_difference(mine.student, public.S) < 1e-6
     assert max_relative_difference(mine.robust_teacher, public.R) < 1e-6
     assert max_relative_difference(mine.clean_teacher, public.N) == 0.0
@@ -210,13 +240,28 @@ def test_reference_mode_reproduces_the_public_step(weighting):
                           (mine.weights[0], public.w_adv), (mine.weights[1], public.w_nat),
                           (mine.push_lambda, public.lam)):
         assert float(tensor) == pytest.approx(value, rel=1e-6)
-    # the rates were decayed at each of the two steps of epoch 9
+    # the rates were decayed at each of the three steps of epoch 9
     assert float(mine.eta_tau) == pytest.approx(public.lr_tau, rel=1e-12)
-    assert float(mine.eta_tau) == pytest.approx(0.001 * 0.01, rel=1e-12)
+    assert float(mine.eta_tau) == pytest.approx(0.001 * 0.001, rel=1e-12)
     # ITT did train R (so the R comparison above is not vacuous)
     moved = max(float((a.detach() - b.detach()).abs().max() / b.detach().abs().max())
                 for a, b in zip(mine.robust_teacher.parameters(), R.parameters()))
     assert moved > 1e-3
+
+
+def test_the_milestone_comparison_tells_the_order_of_the_decay():
+    """The transcription with the rates decayed *before* the step's updates (this library's
+    earlier order) differs from our step at the first step of the milestone epoch already, so the
+    per-step comparison above would catch that order; before the milestone epoch both agree."""
+    S, R, N = models()
+    data = batches()
+    mine_trace, wrong_trace = [], []
+    run_method(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, True, None, mine_trace)
+    run_public(copy.deepcopy(S), copy.deepcopy(R), copy.deepcopy(N), data, "fixed", wrong_trace, decay_first=True)
+    milestone = 9
+    first = next(i for i, row in enumerate(mine_trace) if row[0] == milestone)
+    assert worst_state_difference(mine_trace[:first], wrong_trace[:first]) < 1e-6
+    assert worst_state_difference(mine_trace[first:first + 1], wrong_trace[first:first + 1]) > 1e-4
 
 
 def test_default_mode_differs_from_the_public_step():
@@ -249,7 +294,8 @@ def test_reference_mode_step_makes_no_host_sync(monkeypatch, epoch):
     cls = get_method("ciard")
     method = cls(S, num_classes=10, epochs=EPOCHS, robust_teacher=R, clean_teacher=N,
                  options=cls.Options(reference_code=True), attack=AttackSettings(EPS, ALPHA, STEPS))
-    opt = torch.optim.SGD(S.parameters(), lr=0.1)
+    opt = RunOptimizers(method, momentum=0.0, kind="sgd")  # ITT's optimiser steps in epochs 3 and 9
+    opt.set_epoch(epoch)
     method.start_epoch(epoch)
     x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
 

@@ -283,3 +283,44 @@ def test_env_switch_forces_each_path(monkeypatch, mode, expected):
     assert calls == [expected]
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-7)
+
+
+# ---- per-class temperatures ([C], ABSLD's form): row i uses τ[y_i], always on the reference ---------
+def test_per_class_temperature_divides_each_row_by_its_class_temperature(monkeypatch):
+    logits, labels = make_inputs(7, 5, seed=3)
+    logits = [t.double() for t in logits]
+    tau_adv = torch.tensor([0.5, 1.0, 2.0, 3.0, 5.0], dtype=torch.float64, device=DEVICE)
+    tau_nat = torch.tensor([4.0, 0.7, 1.0, 2.5, 1.5], dtype=torch.float64, device=DEVICE)
+    s_adv, s_nat, r_adv, n_nat, n_adv = logits
+    # the formula written out, one row at a time
+    kl_a, kl_n, h_a, h_n = [], [], [], []
+    for i in range(7):
+        p_a = torch.softmax(r_adv[i] / tau_adv[labels[i]], dim=0)
+        p_n = torch.softmax(n_nat[i] / tau_nat[labels[i]], dim=0)
+        kl_a.append(p_a * (torch.log(p_a + 1e-5) - torch.log_softmax(s_adv[i], dim=0)))
+        kl_n.append(p_n * (torch.log(p_n + 1e-5) - torch.log_softmax(s_nat[i], dim=0)))
+        h_a.append(p_a * torch.log(p_a + 1e-5))
+        h_n.append(p_n * torch.log(p_n + 1e-5))
+    expected = [torch.stack(v).mean() for v in (kl_a, kl_n)] + [None] + [torch.stack(v).mean() for v in (h_a, h_n)]
+    # under CIARD_FAST_KERNELS=triton too: the per-class form never reaches the fused kernel
+    monkeypatch.setenv("CIARD_FAST_KERNELS", "triton")
+    got = kernels.distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, tau_adv, tau_nat, 5.0)
+    for index in (0, 1, 3, 4):
+        assert float(got[index]) == pytest.approx(float(expected[index]), rel=1e-12)
+    # a column-wise division (what broadcasting a [C] tensor would do) gives something else
+    wrong = reference.distill_loss(s_adv, s_nat, r_adv / tau_adv, n_nat / tau_nat, n_adv, labels, 1.0, 1.0, 5.0)
+    assert abs(float(wrong[0]) - float(expected[0])) > 1e-3
+    # the same τ for every class is the scalar form
+    same = kernels.distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, torch.full((5,), 2.0, dtype=torch.float64),
+                                torch.full((5,), 3.0, dtype=torch.float64), 5.0)
+    scalar = reference.distill_loss(s_adv, s_nat, r_adv, n_nat, n_adv, labels, 2.0, 3.0, 5.0)
+    assert all(torch.allclose(a, b, rtol=1e-12, atol=0) for a, b in zip(same, scalar))
+
+
+def test_temperature_forms_are_named_for_what_they_are():
+    assert kernels._form(torch.ones(3), vector="per_class") == "per_class"
+    assert kernels._form(torch.ones(3)) == "per_sample"  # the PGD ops' per-sample ε, α
+    assert kernels._form(torch.ones(()), 2.0, vector="per_class") == "0d"
+    logits, labels = make_inputs(6, 4)
+    with pytest.raises(ValueError, match=r"tau_adv must be .* per-class \[4\] tensor, got shape \(6,\)"):
+        reference.distill_loss(*logits, labels, torch.ones(6), 1.0, 5.0)

@@ -84,9 +84,12 @@ def add_arguments(parser):
 def read_checkpoint(path):
     """Return (state_dict-or-checkpoint mapping for load_weights, config dict or None).
 
-    Our trainer stores ``{"student": state_dict, "config": {...}}``; anything else is passed on to
-    ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
+    Our trainer stores ``{"student": state_dict, "config": {...}}`` (and, when an engine callback
+    evaluates other weights, those: `engine.checkpoint.eval_weights`); anything else is passed on
+    to ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
     """
+    from ..engine.checkpoint import eval_weights
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no weights file at {path!r}")
     try:
@@ -98,7 +101,7 @@ def read_checkpoint(path):
     config = None
     if isinstance(state, dict) and "student" in state and isinstance(state["student"], dict):
         config = state.get("config") if isinstance(state.get("config"), dict) else None
-        state = state["student"]
+        state = eval_weights(state)
     return state, config
 
 

@@ -15,9 +15,13 @@ from .validate import (check_choice, check_finite_logits, check_images, check_ka
                        check_labels_in_range, check_model, check_model_matches, check_radius, check_step_size,
                        check_steps, check_target_logits, describe_value)
 
-__all__ = ["pgd", "RANDOM_STARTS", "LOSSES", "check_loss"]
+__all__ = ["pgd", "RANDOM_STARTS", "TRAINING_RANDOM_STARTS", "LOSSES", "check_loss"]
 
+# The one list of random starts: what `pgd` takes ...
 RANDOM_STARTS = ("uniform", "normal", "normal_unclamped", None)
+# ... and how the config's `attack_random_start` names them for the training attack: "default"
+# (the method's own start, `Method.attack_start`) first, None spelled "none".
+TRAINING_RANDOM_STARTS = ("default",) + tuple("none" if start is None else start for start in RANDOM_STARTS)
 LOSSES = OBJECTIVES
 # σ of the "normal" start: x + 0.001·N(0, I), the TRADES/RSLAD/CIARD reference code's start.
 NORMAL_START_SIGMA = 0.001

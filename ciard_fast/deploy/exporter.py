@@ -115,7 +115,7 @@ def _load_run(checkpoint, data_root, allow_teacher):
     path = os.fspath(checkpoint)
     state = ckpt.load_checkpoint(path)  # a clear ValueError for a missing, corrupt or foreign file
     saved = state.get("config")
-    if not isinstance(saved, dict) or not isinstance(state.get("student"), dict):
+    if not isinstance(saved, dict) or not isinstance(state.get("student"), dict):  # (eval_weights needs it too)
         raise ValueError(f"{path!r} holds no training config and student weights; export needs a checkpoint "
                          "written by ciard-fast train (e.g. runs/<run>/best.pt)")
     saved = {k: v for k, v in saved.items() if k not in ("resume", "stop_after")}
@@ -133,8 +133,16 @@ def _load_run(checkpoint, data_root, allow_teacher):
     # normalisation a config names is resolved in one place).
     model = build_model(config.student, splits["train"], config.student_normalize, torch.device("cpu"), config,
                         config.student_args)
-    load_weights(model, state["student"])
+    load_weights(model, ckpt.eval_weights(state))
     return state, config, splits, model.float().eval()
+
+
+def _eval_weights(state):
+    """The weights the checkpoint's readers evaluate (engine/checkpoint.py: the student's, or the
+    averaged ones a run recorded)."""
+    from ..engine import checkpoint as ckpt
+
+    return ckpt.eval_weights(state)
 
 
 def _verification_batch(splits, n):
@@ -163,7 +171,7 @@ def _metadata(config, model, state, split_image_size):
         "eps": repr(float(config.eps)),
         "ciard_fast_version": __version__,
         "config_sha256": config_sha256(config.to_dict()),
-        "weights_sha256": weights_digest(state["student"]),
+        "weights_sha256": weights_digest(_eval_weights(state)),
     }
 
 
@@ -429,14 +437,14 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
     from ..engine.teachers import teacher_specs
 
     run_card = read_model_card(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CARD_JSON))
-    digest = weights_digest(state["student"])
+    digest = weights_digest(_eval_weights(state))
     if run_card is not None and run_card["model"]["weights_sha256"] == digest:
         card = run_card
     else:
         sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}
         sizes["image_size"] = tuple(splits["train"].image_size)
         teachers = {kind: spec.weights or "(trained by the run)" for kind, spec in teacher_specs(config).items()}
-        card = build_model_card(config, model, sizes, None, checkpoint, state["student"], teacher_paths=teachers,
+        card = build_model_card(config, model, sizes, None, checkpoint, _eval_weights(state), teacher_paths=teachers,
                                 out_dir=os.path.dirname(os.path.abspath(checkpoint)))
         card["evaluation_note"] = ("no evaluation of these weights: the run folder has no model card for them "
                                    "(run `ciard-fast eval --weights " + checkpoint + "` for the attack table)")

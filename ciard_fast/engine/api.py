@@ -19,10 +19,11 @@ from typing import Optional
 import torch
 
 from ..config import TrainConfig, build_config, derive_config
-from ..methods import AttackSettings, get_method
+from ..methods import AttackSettings, get_method, make_options
 from ..tables import column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
-from .builders import build_loader, build_model, load_splits
+from .builders import build_fresh_networks, build_loader, build_model, load_splits
+from .callbacks import build_callbacks
 from .distributed import get_context
 from ..atomic import write_text_atomic
 from ..plots import plot_curves
@@ -215,6 +216,8 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
     num_classes = splits["train"].num_classes
 
     precision_ctx = RunPrecision(precision, device)  # a fresh autocast per use; falls back to fp32 if bf16 fails
+    options = make_options(config.method, config.method_args)
+    specs = method_cls.variant_for(options).declare_networks(options)
     teachers = build_teachers(config, splits, device, teacher_paths, state)
     if teachers and state is None:
         check_run_teachers(config, teachers, teacher_paths, splits, device, precision_ctx, dist)
@@ -222,19 +225,19 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
     student = dist.wrap(student, device, config.sync_batchnorm)
-    options = method_cls.Options(**config.method_args)
+    networks = {**teachers, **build_fresh_networks(specs, config, splits["train"], device)}
     method = method_cls(student, num_classes=num_classes, epochs=config.epochs, base_lr=config.lr,
                         options=options, attack=AttackSettings(config.eps, config.alpha, config.attack_steps,
                                                                    config.attack_random_start),
-                        device=device, **teachers)
+                        device=device, **networks)
     _distribute_method(method, dist, device, config)
     train_loader = build_loader(config, splits["train"], device, train=True, dist=dist)
     val_loader = (build_loader(config, splits["val"], device, train=False, limit=config.eval_n, dist=dist)
                   if splits.get("val") else None)
     trainer = Trainer(config, method, student, train_loader, val_loader, out_dir, precision_ctx,
-                      dist=dist, progress_prefix=progress_prefix)
+                      dist=dist, progress_prefix=progress_prefix, callbacks=build_callbacks(config))
     if state is not None:
-        trainer.load_checkpoint_state(state)
+        trainer.load_checkpoint_state(state, config.resume or "the checkpoint")
         if dist.rank > 0:  # the checkpoint holds rank 0's RNG; other ranks draw their own
             torch.manual_seed(config.seed + 7919 * dist.rank + 104729 * trainer.state.epoch)
     if dist.is_main:
@@ -266,19 +269,21 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
 
 
 def _distribute_method(method, dist, device, config):
-    """Under torch.distributed: method state from global statistics, DDP for the modules the
-    method trains besides the student (CIARD's robust teacher during ITT)."""
+    """Under torch.distributed: method state from global statistics, DDP for every network the
+    method declares trainable besides the student (e.g. CIARD's robust teacher during ITT)."""
     if not dist.enabled:
         return
     method.reduce_mean = dist.all_reduce_mean
     method.world_size = dist.world_size
-    for name, module in method.trainable_modules().items():
+    networks = method.all_networks()
+    for role in method.trainable_roles()[1:]:  # the student is wrapped before the method is built
+        module = networks[role]
         flags = [p.requires_grad for p in module.parameters()]
         module.requires_grad_(True)  # DDP registers its gradient hooks for the parameters that train
         wrapped = dist.wrap(module, device, config.sync_batchnorm)
         for p, flag in zip(module.parameters(), flags):
             p.requires_grad_(flag)
-        setattr(method, name, wrapped)
+        method.set_network(role, wrapped)
 
 
 def natural_student_config(config):
@@ -319,13 +324,21 @@ def _checkpoint_to_evaluate(trainer, run_state):
     epoch, last.pt when the run had no validation. A best.pt of another epoch is an error: the
     table must never come from weights other than the ones it names."""
     if run_state.best_epoch == 0:
-        return trainer.last_path, f"last.pt (epoch {run_state.epoch}; no validation, so no best.pt)"
+        source = ckpt.eval_weights_source(ckpt.load_checkpoint(trainer.last_path))
+        return trainer.last_path, (f"last.pt (epoch {run_state.epoch}{_weights_note(source)}; no validation, "
+                                   "so no best.pt)")
     path = trainer.best_path
-    found = ckpt.load_checkpoint(path).get("epoch") if os.path.isfile(path) else None
+    state = ckpt.load_checkpoint(path) if os.path.isfile(path) else {}
+    found = state.get("epoch")
     if found != run_state.best_epoch:
         raise RuntimeError(f"{path} holds epoch {found} but this run's best epoch is {run_state.best_epoch}; "
                            "refusing to report the wrong weights. Evaluate a checkpoint with ciard-fast eval")
-    return path, f"best.pt (epoch {found})"
+    return path, f"best.pt (epoch {found}{_weights_note(ckpt.eval_weights_source(state))})"
+
+
+def _weights_note(source):
+    """', <what the weights are>' when a checkpoint evaluates other weights than the student's."""
+    return f", {source}" if source else ""
 
 
 def _test_metrics(config, model, checkpoint_path, test_set, device):
@@ -333,7 +346,7 @@ def _test_metrics(config, model, checkpoint_path, test_set, device):
     from ..attacks.evaluate import evaluate
 
     if checkpoint_path:
-        model.load_state_dict(ckpt.load_checkpoint(checkpoint_path)["student"])
+        model.load_state_dict(ckpt.eval_weights(ckpt.load_checkpoint(checkpoint_path)))
     model.eval()
     report = evaluate(model, test_set, attacks=tuple(config.test_attacks), eps=config.eps, n=config.test_n,
                       device=device, progress=config.progress, seed=config.seed)

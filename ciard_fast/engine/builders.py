@@ -46,3 +46,20 @@ def build_loader(config, dataset, device, train, limit=None, dist=None):
         flip=config.flip, drop_last=train, seed=config.seed, channels_last=use_channels_last(config.channels_last, device),
         rank=rank, world_size=world_size,
     )
+
+
+def build_fresh_networks(specs, config, dataset, device):
+    """{role: model} of the networks a method declares fresh (`Network.fresh`, e.g. a peer trained
+    beside the student): each built like the student — its declared model, or the student's
+    architecture and arguments — with the student's normalisation, on `device`. Built after the
+    student, so the student's initialisation does not depend on them. A resume loads their
+    weights from the checkpoint."""
+    networks = {}
+    for spec in specs:
+        if spec.source != "fresh":
+            continue
+        name = spec.model or config.student
+        args = dict(spec.model_args) if spec.model_args is not None else (
+            dict(config.student_args) if spec.model is None else {})
+        networks[spec.role] = build_model(name, dataset, config.student_normalize, device, config, args)
+    return networks

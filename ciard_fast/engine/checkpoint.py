@@ -1,10 +1,24 @@
 """Checkpoints: written atomically, read with clear errors.
 
 A checkpoint is a dict of tensors and plain Python values (loadable with `weights_only=True`):
-format/version, config, epoch/step, the student, its optimiser, the method's state (teachers,
-their optimisers, τ, w, L⁰ ...), RNG states, the metric history and the best score so far.
+
+    format, version, config, epoch, step, rng, history, best_score, best_epoch
+    student      the student's weights (state dict)
+    optimizer    the student's optimiser
+    method       the method's entry (`method_entry`): "epoch", every registered state tensor (τ, w,
+                 L⁰ ...), every other network by role (teachers, a peer) and every other
+                 optimiser by name (CIARD's "teacher_optimizer")
+    callbacks    name -> state of each engine callback (absent when the run has none)
+    eval_weights {"source": what they are, "weights": state dict} when an engine callback
+                 evaluates other weights than the student's (e.g. averaged ones); absent otherwise
+    mid_epoch    only inside an epoch: what the rest of the epoch needs to continue exactly
+
+The layout is the one checkpoints had before networks and optimisers were declared, so those
+resume unchanged. Every reader of a checkpoint takes the weights it evaluates from
+`eval_weights(state)`, never from state["student"] directly.
 """
 import os
+from typing import Any, Dict, Mapping, Optional
 
 import torch
 
@@ -95,3 +109,67 @@ def is_interrupted_run(path, config):
     state = _readable(path)
     return (state is not None and state["epoch"] < config.epochs
             and same_run_config(dict(state["config"]), config, ignore=("resume", "stop_after")))
+
+
+# ---- the weights a checkpoint's readers evaluate ------------------------------------------------
+def eval_weights(state: Mapping[str, Any]) -> Dict[str, Any]:
+    """The weights to evaluate, export, describe or reuse from a checkpoint: the engine
+    callback's (e.g. averaged) weights when the run recorded some, else the student's."""
+    recorded = state.get("eval_weights")
+    if isinstance(recorded, Mapping) and isinstance(recorded.get("weights"), Mapping):
+        return recorded["weights"]
+    if not isinstance(state.get("student"), Mapping):
+        raise ValueError("the checkpoint holds no student weights; give a checkpoint written by ciard-fast train")
+    return state["student"]
+
+
+def eval_weights_source(state: Mapping[str, Any]) -> Optional[str]:
+    """What `eval_weights(state)` are when they are not the student's own (e.g. "SWA average of
+    epochs 95-200"), or None for the student's weights."""
+    recorded = state.get("eval_weights")
+    return str(recorded.get("source")) if isinstance(recorded, Mapping) and "weights" in recorded else None
+
+
+# ---- the method's entry: its state, its other networks and optimisers ---------------------------
+def method_entry(method, optimizer_states: Mapping[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's "method" entry: `method.state_dict()` (epoch, registered state), every
+    network but the student by role, and every optimiser but the student's by name."""
+    entry = dict(method.state_dict())
+    for role, module in method.all_networks().items():
+        if role != "student":
+            entry[role] = module.state_dict()
+    for name, value in optimizer_states.items():
+        if name != "student":
+            entry[name] = value
+    return entry
+
+
+def check_entry_names(method, optimizer_names) -> None:
+    """ValueError when a role, an optimiser and a state tensor of the method share a name (they
+    share the checkpoint's method entry)."""
+    seen = {"epoch": "the epoch"}
+    named = [(role, f"network {role!r}") for role in method.all_networks() if role != "student"]
+    named += [(name, f"optimiser {name!r}") for name in optimizer_names if name != "student"]
+    named += [(name, f"state tensor {name!r}") for name in method.state_names()]
+    for key, what in named:
+        if key in seen:
+            raise ValueError(f"method {method.name!r}: {what} and {seen[key]} share the checkpoint key {key!r}; "
+                             "rename one")
+        seen[key] = what
+
+
+def restore_method_entry(method, optimizers, entry: Mapping[str, Any], path: str = "the checkpoint") -> None:
+    """Put back what `method_entry` wrote: the method's state, its networks and optimisers. A
+    checkpoint of another method (or options) is one ValueError naming what it lacks."""
+    networks = {role: m for role, m in method.all_networks().items() if role != "student"}
+    names = [name for name in optimizers.names() if name != "student"]
+    missing = [key for key in list(networks) + names if key not in entry]
+    if missing:
+        raise ValueError(f"{path} holds no {', '.join(missing)} for method {method.name!r} (a checkpoint of another "
+                         "method or options?); resume it with the config that wrote it, or start a new run")
+    method.load_state_dict(entry)
+    for role, module in networks.items():
+        module.load_state_dict(entry[role])
+    states = {name: entry[name] for name in names}
+    for name in names:
+        optimizers[name].load_state_dict(states[name])

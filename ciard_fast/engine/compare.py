@@ -347,7 +347,7 @@ def _teacher_weights(base, kind, out_dir):
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).
     weights = os.path.join(out_dir, "teachers", f"{kind}.pt")
-    state = ckpt.load_checkpoint(cached)["student"]
+    state = ckpt.eval_weights(ckpt.load_checkpoint(cached))
     if not (os.path.isfile(weights) and os.path.getmtime(weights) >= os.path.getmtime(cached)):
         save_torch_atomic(state, weights)
     return weights, spec.normalize

@@ -326,7 +326,7 @@ def write_run_card(result, student, splits):
     state = ckpt.load_checkpoint(path)
     sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}
     sizes["image_size"] = tuple(splits["train"].image_size)
-    card = build_model_card(result.config, student, sizes, result.metrics, path, state["student"],
+    card = build_model_card(result.config, student, sizes, result.metrics, path, ckpt.eval_weights(state),
                             teacher_paths=result.teachers, out_dir=result.out_dir)
     json_path, _ = write_model_card(card, os.path.join(result.out_dir, CARD_JSON),
                                     os.path.join(result.out_dir, CARD_MD))

@@ -102,7 +102,8 @@ class TeacherSpec:
 
     @property
     def method_keyword(self):
-        """The keyword under which a distillation method takes this teacher."""
+        """The role under which the built-in methods take this slot's teacher (a method may
+        declare another role for it: `teacher_roles`)."""
         return {"robust": "robust_teacher", "clean": "clean_teacher"}[self.kind]
 
 
@@ -123,18 +124,32 @@ def teacher_spec(config, kind):
                        epochs=config.teacher_epochs, lr=config.teacher_lr)
 
 
-def needed_teachers(method):
-    """The kinds of teacher ("robust", "clean") the method named `method` needs, in that order."""
-    from ..methods import get_method
+def teacher_roles(method, method_args=None):
+    """{kind: role} of the teacher slots ("robust", "clean", in that order) that the method named
+    `method` declares (`Network.teacher`) for these options (default: its defaults)."""
+    from ..methods import get_method, make_options
 
     cls = get_method(method)
-    needs = {"robust": cls.needs_robust_teacher, "clean": cls.needs_clean_teacher}
-    return tuple(kind for kind in TEACHER_KINDS if needs[kind])
+    options = make_options(method, method_args or {})
+    declared = {}
+    for network in cls.variant_for(options).declare_networks(options):
+        if network.source != "teacher":
+            continue
+        if network.slot not in TEACHER_FIELDS:
+            raise ValueError(f"method {method!r}: network {network.role!r} names teacher slot {network.slot!r}; the "
+                             f"slots are {', '.join(TEACHER_KINDS)}")
+        declared[network.slot] = network.role
+    return {kind: declared[kind] for kind in TEACHER_KINDS if kind in declared}
+
+
+def needed_teachers(method, method_args=None):
+    """The kinds of teacher ("robust", "clean") the method named `method` needs, in that order."""
+    return tuple(teacher_roles(method, method_args))
 
 
 def teacher_specs(config):
     """{kind: TeacherSpec} of the teachers `config.method` needs (none for the teacher methods)."""
-    return {kind: teacher_spec(config, kind) for kind in needed_teachers(config.method)}
+    return {kind: teacher_spec(config, kind) for kind in needed_teachers(config.method, config.method_args)}
 
 
 def teacher_run_config(spec, base_config, out_dir=None, tested=False):
@@ -207,7 +222,7 @@ def ensure_teachers(config):
 
 
 def build_teachers(config, splits, device, teacher_paths, state=None):
-    """{method keyword: model} of the teachers `config.method` needs, each built with its
+    """{role: model} of the teachers `config.method` needs, each built with its
     normalisation and loaded from `teacher_paths[kind]` (when resuming from `state`, the weights
     come with the method state instead).
 
@@ -217,6 +232,7 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
     from .builders import build_model
 
     teachers = {}
+    roles = teacher_roles(config.method, config.method_args)
     for kind, spec in teacher_specs(config).items():
         normalize = spec.normalize
         if normalize == AUTO:
@@ -229,7 +245,7 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
                 names = TEACHER_FIELDS[kind]
                 raise type(exc)(f"{names['weights']}={teacher_paths[kind]!r} (for {names['model']}={spec.model!r}): "
                                 f"{exc}") from None
-        teachers[spec.method_keyword] = model
+        teachers[roles[kind]] = model
     return teachers
 
 
@@ -256,8 +272,9 @@ def check_run_teachers(config, teachers, teacher_paths, splits, device, precisio
 
     train_set = splits["train"]
     to_check = []
+    roles = teacher_roles(config.method, config.method_args)
     for kind, spec in teacher_specs(config).items():
-        model = teachers[spec.method_keyword]
+        model = teachers[roles[kind]]
 
         def set_normalize(value, model=model):
             unwrap(model).set_normalization(resolve_normalization(value, train_set))
@@ -294,4 +311,4 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
+           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_roles", "teacher_run_config", "teacher_spec", "teacher_specs"]

@@ -1,10 +1,18 @@
 """The training loop. Runs any registered method; knows nothing of what the method computes.
 
-Per step: `out = method.training_step(x, y)` under the run's autocast, backward of `out["loss"]`,
-the student's optimiser step, `method.after_optimizer_step()`. Loss values are summed on the
+The method declares its networks and optimisers (`methods/base.py`); the trainer holds all the
+optimisers (`RunOptimizers`), names no role but the student's, and calls the method's hooks and
+the run's engine callbacks (`engine/callbacks.py`).
+
+Per epoch: every optimiser's learning rate from its schedule, `method.start_epoch(epoch)`; per
+step: every optimiser zeroed, `out = method.training_step(x, y)` under the run's autocast,
+backward of `out["loss"]`, every optimiser's step (the student's first),
+`method.after_optimizer_step()`, the callbacks' `after_optimizer_step`; after the last step
+`method.end_epoch(epoch)` and the callbacks' `on_epoch_end`. Logged values are summed on the
 device and read on the host only every `log_every` steps and at the end of an epoch, so a step
 itself never waits on the host. After each epoch: validation (clean + PGD-20 on the held-out
-split) every `eval_every` epochs, `best.pt` by (clean + PGD)/2, then `last.pt`, metrics CSV/JSONL.
+split, of the callbacks' evaluated model if one gives it) every `eval_every` epochs, `best.pt`
+by (clean + PGD)/2, then `last.pt`, metrics CSV/JSONL.
 
 Reliability (the on-disk invariant, divergence, signals):
   * `best.pt` is written before `last.pt`, and each records its epoch, so at every instant the
@@ -18,38 +26,60 @@ Reliability (the on-disk invariant, divergence, signals):
 import dataclasses
 import os
 import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
+from torch import nn
 
 from . import checkpoint as ckpt
+from .callbacks import Callback
 from .distributed import DistContext, unwrap
 from .divergence import FiniteMonitor, check_finite_weights
 from .signals import RunInterrupted, stop_requested
 from ..attacks.graphs import GraphCache, cuda_graphs
 from .logs import Progress, TensorBoardLog, write_history
-from .optim import build_optimizer, set_lr
+from .optim import RunOptimizers
 from .validation import correct_clean_and_pgd
 
 
-def step_forward(method, optimizer, x, y, precision_ctx, graphs):
-    """First half of a training step: the method's forwards and losses (under autocast, with the
-    PGD loop CUDA-graphed through `graphs`, the run's GraphCache, or eager when None). Split from
-    `step_update` so benchmarks time each half."""
-    optimizer.zero_grad(set_to_none=True)
+def step_forward(method, optimizers, x: torch.Tensor, y: torch.Tensor, precision_ctx: Callable,
+                 graphs: Optional[GraphCache]) -> Dict[str, torch.Tensor]:
+    """First half of a training step: every optimiser zeroed, the method's forwards and losses
+    (under autocast, with the PGD loop CUDA-graphed through `graphs`, the run's GraphCache, or
+    eager when None). `optimizers`: the run's `RunOptimizers` (or one torch optimiser, for a
+    method that trains only the student). Split from `step_update` so benchmarks time each half."""
+    optimizers.zero_grad(set_to_none=True)
     with precision_ctx(), cuda_graphs(graphs):
         return method.training_step(x, y)
 
 
-def step_update(method, optimizer, out, sums):
-    """Second half: backward, the student's optimiser step, the method's own update, and the
-    on-device running sums of the logged values (read on the host only between steps)."""
+def step_update(method, optimizers, out: Dict[str, torch.Tensor], sums: Dict[str, torch.Tensor]) -> None:
+    """Second half: backward, every optimiser's step (the student's first), the method's own
+    update, and the on-device running sums of the logged values (read on the host only between
+    steps)."""
     out["loss"].backward()
-    optimizer.step()
+    optimizers.step()
     method.after_optimizer_step()
     for key, value in out.items():
         if key != "loss":
             value = value.detach().float()
             sums[key] = sums[key] + value if key in sums else value.clone()
+
+
+def check_step_output(method, out) -> None:
+    """The `training_step` return contract (`Method.training_step`), checked on the first step of
+    every epoch: a dict with a 0-d "loss" and detached 0-d logged values. Shapes and flags only: no host
+    sync. A TypeError/ValueError naming the method and the key otherwise."""
+    if not isinstance(out, dict) or "loss" not in out:
+        raise TypeError(f"method {method.name!r}: training_step must return a dict with a 'loss' entry, got "
+                        f"{type(out).__name__}{'' if not isinstance(out, dict) else ' with keys ' + str(sorted(out))}")
+    for key, value in out.items():
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"method {method.name!r}: training_step returned {key!r} as {shape}; every entry must "
+                             "be a 0-d tensor (reduce it, e.g. .mean())")
+        if key != "loss" and value.requires_grad:
+            raise ValueError(f"method {method.name!r}: the logged value {key!r} carries a gradient; log it detached")
 
 
 @dataclasses.dataclass
@@ -61,12 +91,15 @@ class RunState:
     best_score: float = float("-inf")
     best_epoch: int = 0
     history: list = dataclasses.field(default_factory=list)
-    mid_epoch: dict = None  # resuming inside an epoch: its steps done, running sums, images, seconds
+    mid_epoch: Optional[dict] = None  # resuming inside an epoch: its steps done, running sums, images, seconds
 
 
 class Trainer:
-    def __init__(self, config, method, student, train_loader, val_loader, out_dir, precision_ctx,
-                 dist=None, progress_prefix=""):
+    """One run's loop over epochs: training steps, validation, checkpoints, logs (module docstring)."""
+
+    def __init__(self, config, method, student: nn.Module, train_loader, val_loader, out_dir: str,
+                 precision_ctx: Callable, dist: Optional[DistContext] = None, progress_prefix: str = "",
+                 callbacks: Sequence[Callback] = ()) -> None:
         self.config = config
         self.method = method
         self.student = student
@@ -75,8 +108,10 @@ class Trainer:
         self.out_dir = out_dir
         self.precision_ctx = precision_ctx
         self.dist = dist if dist is not None else DistContext()
-        self.optimizer = build_optimizer(unwrap(student).parameters(), method.student_lr(1), config.momentum,
-                                         config.weight_decay, method.device, config.optimizer)
+        self.optimizers = RunOptimizers(method, config.momentum, config.weight_decay, method.device, config.optimizer,
+                                        student_params=unwrap(student).parameters())
+        ckpt.check_entry_names(method, self.optimizers.names())
+        self.callbacks: List[Callback] = list(callbacks)
         use_graphs = bool(config.cuda_graphs if config.cuda_graphs is not None else method.device.type == "cuda")
         # The run owns its graphs: never shared with another run's student, released by fit().
         self.graphs = GraphCache() if use_graphs else None
@@ -87,7 +122,12 @@ class Trainer:
                             if config.tensorboard and self.is_main else None)
 
     @property
-    def is_main(self):
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The student's optimiser."""
+        return self.optimizers[RunOptimizers.STUDENT]
+
+    @property
+    def is_main(self) -> bool:
         return self.dist.is_main
 
     @property
@@ -99,42 +139,74 @@ class Trainer:
         return os.path.join(self.out_dir, "best.pt")
 
     # ---- checkpoints ---------------------------------------------------------------------------
-    def checkpoint_state(self):
+    def checkpoint_state(self) -> Dict[str, Any]:
+        """Everything a resume needs (layout: `engine/checkpoint.py`)."""
         student = unwrap(self.student)
-        return {
+        optimizers = self.optimizers.state_dict()
+        state = {
             "config": self.config.to_dict(),
             "epoch": self.state.epoch,
             "step": self.state.step,
             "student": student.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "method": self.method.state_dict(),
+            "optimizer": optimizers[RunOptimizers.STUDENT],
+            "method": ckpt.method_entry(self.method, optimizers),
             "rng": ckpt.rng_state(),
             "history": list(self.state.history),
             "best_score": self.state.best_score,
             "best_epoch": self.state.best_epoch,
         }
+        if self.callbacks:
+            state["callbacks"] = {cb.name: cb.state_dict() for cb in self.callbacks}
+        evaluated = self._eval_weights()
+        if evaluated is not None:
+            state["eval_weights"] = {"source": evaluated[0], "weights": evaluated[1]}
+        return state
 
-    def load_checkpoint_state(self, state):
+    def load_checkpoint_state(self, state: Dict[str, Any], path: str = "the checkpoint") -> None:
         """Continue exactly where `state` (from load_checkpoint) stopped, at an epoch's end or inside one."""
         unwrap(self.student).load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
+        ckpt.restore_method_entry(self.method, self.optimizers, state["method"], path)
+        saved = state.get("callbacks") or {}
+        for callback in self.callbacks:
+            callback.load_state_dict(saved.get(callback.name))
         ckpt.set_rng_state(state["rng"])
         mid = state.get("mid_epoch")
-        if mid is not None:  # the method's state and the RNG are put back again after start_epoch
-            mid = dict(mid, method=state["method"], rng=state["rng"])
+        if mid is not None:  # the method's and callbacks' state and the RNG are put back again after start_epoch
+            mid = dict(mid, method=state["method"], rng=state["rng"], callbacks=saved)
         self.state = RunState(epoch=int(state["epoch"]), step=int(state["step"]),
                               best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
                               history=list(state["history"]), mid_epoch=mid)
 
-    def last_good(self):
+    def last_good(self) -> str:
         """Where the newest checkpoint on disk stands, for messages."""
         if self.state.epoch == 0 and self.state.mid_epoch is None and not os.path.isfile(self.last_path):
             return "no checkpoint was written yet"
         return f"{self.last_path} (after epoch {self.state.epoch}) is untouched"
 
+    # ---- what is evaluated ---------------------------------------------------------------------
+    def eval_model(self) -> nn.Module:
+        """The module validation measures: the last callback's `eval_model`, else the student."""
+        for callback in reversed(self.callbacks):
+            model = callback.eval_model(self)
+            if model is not None:
+                return model
+        return unwrap(self.student)
+
+    def _eval_weights(self):
+        for callback in reversed(self.callbacks):
+            evaluated = callback.eval_weights(self)
+            if evaluated is not None:
+                return evaluated
+        return None
+
+    def _call(self, hook: str, *args) -> None:
+        for callback in self.callbacks:
+            getattr(callback, hook)(self, *args)
+
     # ---- the loop ------------------------------------------------------------------------------
-    def fit(self):
+    def fit(self) -> RunState:
+        """Train from the current state to `config.epochs` (or `stop_after`); returns the RunState."""
         try:
             return self._fit()
         finally:
@@ -146,28 +218,35 @@ class Trainer:
     def _fit(self):
         config = self.config
         last_epoch = config.epochs if config.stop_after is None else min(config.epochs, config.stop_after)
+        self._call("on_fit_start")
         for epoch in range(self.state.epoch + 1, last_epoch + 1):
             row = self.train_one_epoch(epoch)
             if epoch % config.eval_every == 0 or epoch == config.epochs:
+                self._call("before_validation", epoch)
                 row.update(self.validate(epoch))
             self.state.epoch = epoch
             self.state.history.append(row)
             self.save(row)
             if stop_requested():  # the signal came during validation or the save: the epoch is on disk
                 raise RunInterrupted(stop_requested(), self.last_path, epoch, self.state.step)
+        if self.state.epoch >= config.epochs:
+            self._call("on_fit_end")
         return self.state
 
-    def train_one_epoch(self, epoch):
+    def train_one_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Every step of `epoch` (from a mid-epoch checkpoint's step when resuming inside it);
+        returns the epoch's history row (means of the logged values, the method's log values)."""
         config, method, loader = self.config, self.method, self.train_loader
         loader.set_epoch(epoch)
-        lr = method.student_lr(epoch)
-        set_lr(self.optimizer, lr)
+        lr = self.optimizers.set_epoch(epoch)
         method.start_epoch(epoch)
         self.student.train()
         sums, steps, images, done_seconds = {}, 0, 0, 0.0
         mid, self.state.mid_epoch = self.state.mid_epoch, None
         if mid is not None and int(mid["epoch"]) == epoch:  # resume inside this epoch, exactly
             method.load_state_dict(mid["method"])  # undo what start_epoch reset (e.g. Fair-ARD's counts)
+            for callback in self.callbacks:
+                callback.load_state_dict(mid["callbacks"].get(callback.name))
             ckpt.set_rng_state(mid["rng"])
             sums = {k: v.clone() for k, v in mid["sums"].items()}
             steps, images, done_seconds = int(mid["steps"]), int(mid["images"]), float(mid["seconds"])
@@ -181,11 +260,13 @@ class Trainer:
             if index < skip:  # the epoch's order is a function of (seed, epoch): skip what was done
                 continue
             if first_batch_check is not None:  # bf16 -> fp32 if bf16 gives non-finite logits (once per run)
-                first_batch_check([m for m in (self.student, getattr(method, "robust_teacher", None),
-                                               getattr(method, "clean_teacher", None)) if m is not None], x)
+                first_batch_check(list(method.all_networks().values()), x)
                 first_batch_check = None
-            out = step_forward(method, self.optimizer, x, y, self.precision_ctx, self.graphs)
-            step_update(method, self.optimizer, out, sums)
+            out = step_forward(method, self.optimizers, x, y, self.precision_ctx, self.graphs)
+            if steps == skip:
+                check_step_output(method, out)
+            step_update(method, self.optimizers, out, sums)
+            self._call("after_optimizer_step")
             self.monitor.update(out)  # on the device: read below, at the existing host reads
             steps += 1
             images += y.shape[0]
@@ -203,6 +284,8 @@ class Trainer:
                 f"epoch {epoch} had no batches: the training split is smaller than batch_size={config.batch_size} "
                 "with drop_last; lower batch_size"
             )
+        method.end_epoch(epoch)
+        self._call("on_epoch_end", epoch)
         seconds = time.perf_counter() - start
         self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
         check_finite_weights(self._trained_modules(), epoch, self.state.step, lr, self.last_good())
@@ -214,10 +297,12 @@ class Trainer:
         row["train_images_per_s"] = images * self.dist.world_size / max(seconds, 1e-9)
         return row
 
-    def _trained_modules(self):
-        return [unwrap(self.student)] + [unwrap(m) for m in self.method.trainable_modules().values()]
+    def _trained_modules(self) -> List[nn.Module]:
+        networks = self.method.all_networks()
+        return [unwrap(networks[role]) for role in self.method.trainable_roles()]
 
-    def save_mid_epoch(self, epoch, lr, steps, sums, images, seconds):
+    def save_mid_epoch(self, epoch: int, lr: float, steps: int, sums: Dict[str, torch.Tensor], images: int,
+                       seconds: float) -> None:
         """A resumable `last.pt` inside `epoch` after `steps` of its steps (signals, checkpoint_every_steps).
 
         Its `epoch` stays the last completed one (best.pt and the history are unchanged); the
@@ -241,17 +326,19 @@ class Trainer:
     def _show(self, epoch, step, num_steps, sums, images, start):
         if not self.progress.enabled:
             return
-        shown = {k: (v / step).item() for k, v in sums.items() if not k.startswith("mask")}
+        hidden = set(self.method.progress_hidden)
+        shown = {k: (v / step).item() for k, v in sums.items() if k not in hidden}
         shown.update({k: v.item() for k, v in self.method.log_values().items()})
         rate = images / max(time.perf_counter() - start, 1e-9)
         self.progress.update(epoch, self.config.epochs, step, num_steps, shown, rate)
 
-    def validate(self, epoch):
+    def validate(self, epoch: int) -> Dict[str, float]:
+        """Clean and PGD accuracy (%) of `eval_model()` on the validation split ({} without one)."""
         config = self.config
         if self.val_loader is None:
             return {}
         counts = correct_clean_and_pgd(
-            unwrap(self.student), self.val_loader, eps=config.eps, alpha=2 / 255, steps=config.eval_pgd_steps,
+            self.eval_model(), self.val_loader, eps=config.eps, alpha=2 / 255, steps=config.eval_pgd_steps,
             precision_ctx=self.precision_ctx, seed=config.seed * 1000003 + epoch * 1009 + self.dist.rank,
         )
         clean, robust, total = self.dist.all_reduce_sum(counts).tolist()  # shards -> the whole split
@@ -259,7 +346,7 @@ class Trainer:
             raise ValueError("the validation split is empty; use val_size > 0 and eval_n > 0")
         return {"val_clean": 100.0 * clean / total, "val_pgd": 100.0 * robust / total}
 
-    def save(self, row):
+    def save(self, row: Dict[str, Any]) -> None:
         """last.pt every epoch, best.pt when (clean + PGD)/2 improves; logs. Rank 0 only."""
         if "val_clean" in row:
             score = (row["val_clean"] + row["val_pgd"]) / 2

@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..options import MethodOptions, option
 from . import register_method
 from .ard import kl_divergence
-from .base import Method, freeze
+from .base import Method, Network, freeze
+from .terms import ADV, NAT, LossSum
 
 
 def adaad_objective(s_logits, t_logits):
@@ -69,22 +71,18 @@ class AdaAD(Method):
     name = "adaad"
     paper_epochs = 200
     milestones = (100, 150)
-    needs_robust_teacher = True
-    needs_clean_teacher = False
+    networks = (Network.teacher("robust_teacher", "robust"),)
     preset_overrides = {"weight_decay": 5e-4, "method_args": {"adv_weight": 1.0}}  # the AdaAD code's weight decay
 
     @dataclasses.dataclass
-    class Options:
-        adv_weight: float = 1.0           # α: weight of KL at x'; 1 − α on KL at x
-        kd_scale: Optional[float] = None  # None: 1 on 10 classes, C otherwise (the code's CIFAR-100 sum)
+    class Options(MethodOptions):
+        adv_weight: float = option(1.0, "α: weight of the KL at x'; 1 − α on the KL at x", at_least=0, at_most=1)
+        kd_scale: Optional[float] = option(None, "factor of the loss; None: 1 on 10 classes, C otherwise (the "
+                                                 "code's CIFAR-100 sum)", greater_than=0)
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         opt = self.options
-        if not 0.0 <= opt.adv_weight <= 1.0:
-            raise ValueError(f"adv_weight must be in [0, 1], got {opt.adv_weight!r}")
-        if opt.kd_scale is not None and not opt.kd_scale > 0:
-            raise ValueError(f"kd_scale must be > 0 or None, got {opt.kd_scale!r}")
         if opt.kd_scale is None:
             self.kd_scale = 1.0 if self.num_classes == 10 else float(self.num_classes)
         else:
@@ -108,4 +106,7 @@ class AdaAD(Method):
             t_adv = T(x_adv)
             t_nat = T(x) if alpha != 1.0 else None
         loss = adaad_loss(s_adv, s_nat, t_adv, t_nat, adv_weight=alpha, kd_scale=self.kd_scale)
-        return {"loss": loss, "adaad_loss": loss.detach()}
+        total = LossSum().add("adaad_loss", loss)
+        ctx = self.step_context(x, y, x_adv, {("student", ADV): s_adv, ("student", NAT): s_nat,
+                                              ("robust_teacher", ADV): t_adv, ("robust_teacher", NAT): t_nat})
+        return self.add_shared_terms(total, ctx).output()

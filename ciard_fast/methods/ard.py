@@ -28,8 +28,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..options import MethodOptions, option
 from . import register_method
-from .base import Method, freeze
+from .base import Method, Network, freeze
+from .terms import ADV, NAT, LossSum
 
 
 def kl_divergence(teacher_logits, student_logits, teacher_T=1.0, student_T=1.0):
@@ -71,30 +73,21 @@ class ARD(Method):
     attack_start = "uniform"   # PGD-CE from a uniform start in the ε-ball (Method.attack_student)
     paper_epochs = 200
     milestones = (100, 150)
-    needs_robust_teacher = True
-    needs_clean_teacher = False
+    networks = (Network.teacher("robust_teacher", "robust"),)
     # its generated presets: weight decay 2e-4 (the base's), the paper's options spelled out;
     # batch 256 on CIFAR-100, the ARD code's setting there
     preset_overrides = {"method_args": {"tau": 30.0, "kd_weight": 1.0}}
     preset_overrides_by_dataset = {"cifar100": {"batch_size": 256}}
 
     @dataclasses.dataclass
-    class Options:
-        tau: float = 30.0                 # distillation temperature (both sides)
-        kd_weight: float = 1.0            # α: weight of the KD term; 1 − α on the clean CE
-        attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
+    class Options(MethodOptions):
+        tau: float = option(30.0, "distillation temperature τ (both sides)", greater_than=0)
+        kd_weight: float = option(1.0, "α: weight of the KD term; 1 − α on the clean CE", at_least=0, at_most=1)
+        attack_train_mode: bool = option(False, "attack with the student's BN in train mode, as the public code")
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
-        self._check_options()
         freeze(self.robust_teacher)
-
-    def _check_options(self):
-        opt = self.options
-        if not opt.tau > 0:
-            raise ValueError(f"tau must be > 0, got {opt.tau!r}")
-        if not 0.0 <= opt.kd_weight <= 1.0:
-            raise ValueError(f"kd_weight must be in [0, 1], got {opt.kd_weight!r}")
 
     @property
     def teacher(self):
@@ -128,4 +121,7 @@ class ARD(Method):
         with torch.no_grad():
             t_nat = self.teacher(x)
         loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, kd_weight=opt.kd_weight)
-        return {"loss": loss, "ard_loss": loss.detach()}
+        total = LossSum().add("ard_loss", loss)
+        ctx = self.step_context(x, y, x_adv, {("student", ADV): s_adv, ("student", NAT): s_nat,
+                                              ("robust_teacher", NAT): t_nat})
+        return self.add_shared_terms(total, ctx).output()

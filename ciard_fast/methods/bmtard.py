@@ -23,13 +23,14 @@ weight rule, R on the student's x', N on x); it applies the ×0.1 events after e
 All state (τ, w, L⁰, η) lives on the device: a step makes no host sync.
 """
 import dataclasses
-from typing import Optional, Tuple
 
 import torch
 
 from .. import losses
+from ..options import option
 from . import register_method
 from .mtard import MTARD
+from .terms import LossSum
 
 
 @register_method
@@ -38,20 +39,14 @@ class BMTARD(MTARD):
     preset_overrides = {"method_args": {"eta_tau": 0.001, "eta_w": 0.025}}
 
     @dataclasses.dataclass
-    class Options:
-        eta_tau: float = 0.001                                 # temperature learning rate
-        eta_w: float = 0.025                                   # loss-weight learning rate
-        w_nat: float = 0.5                                     # initial clean-KD weight (w_adv = 1 − it)
-        rate_decay_epochs: Tuple[int, ...] = (215, 260, 285)   # η_τ, η_w ×0.1 (of 300 epochs)
-        kd_scale: Optional[float] = None                       # None: C/10
+    class Options(MTARD.Options):
+        eta_tau: float = option(0.001, "temperature learning rate η_τ", at_least=0)
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
-        if not self.options.eta_tau >= 0:
-            raise ValueError(f"eta_tau must be >= 0, got {self.options.eta_tau!r}")
-        self.tau_adv = self._scalar(1.0)
-        self.tau_nat = self._scalar(1.0)
-        self.eta_tau = self._scalar(self.options.eta_tau)
+        self.register_state("tau_adv", self._scalar(1.0))
+        self.register_state("tau_nat", self._scalar(1.0))
+        self.register_state("eta_tau", self._scalar(self.options.eta_tau))
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
@@ -75,10 +70,9 @@ class BMTARD(MTARD):
         self.has_initial_losses.fill_(True)
         losses.update_loss_weights(self.weights, current, self.initial_losses, self.eta_w)
 
-        loss = self.weights[0] * L_adv + self.weights[1] * L_nat
-        return {"loss": loss, "L_adv": G_adv, "L_nat": G_nat, "H_adv": H_adv, "H_nat": H_nat}
+        total = LossSum().add("L_adv", L_adv, weight=self.weights[0], logged=G_adv)
+        total.add("L_nat", L_nat, weight=self.weights[1], logged=G_nat)
+        return total.log("H_adv", H_adv).log("H_nat", H_nat).output()
 
     def log_values(self):
         return {"tau_adv": self.tau_adv, "tau_nat": self.tau_nat, **super().log_values()}
-
-    state_tensors = MTARD.state_tensors + ("tau_adv", "tau_nat", "eta_tau")

@@ -31,8 +31,10 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from ..options import option
 from . import register_method
 from .ard import ARD, ard_loss
+from .terms import LossSum
 
 
 class _CorrectStepCounter(nn.Module):
@@ -66,36 +68,27 @@ class FairARD(ARD):
     preset_overrides_by_dataset = {}  # batch 128 on CIFAR-100 too (not ARD's 256)
 
     @dataclasses.dataclass
-    class Options:
-        tau: float = 30.0                                    # ARD's temperature
-        kd_weight: float = 1.0                               # α: weight of the KD term; 1 − α on the CE
-        beta: float = 2.0                                    # w_c = (1/κ_c)^β
-        weight_bounds: Tuple[float, float] = (5.0 / 6.0, 5.0 / 2.0)  # clip of the normalised weights
-        attack_train_mode: bool = False                      # True: attack with BN in train mode (the code)
+    class Options(ARD.Options):
+        beta: float = option(2.0, "w_c = (1/κ_c)^β", at_least=0)
+        weight_bounds: Tuple[float, float] = option((5.0 / 6.0, 5.0 / 2.0), "clip of the normalised class weights",
+                                                    greater_than=0)
+
+        def check(self):
+            low, high = self.weight_bounds
+            if not low <= high:
+                raise ValueError(f"weight_bounds must be (low, high) with 0 < low <= high, got {self.weight_bounds!r}")
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         C = self.num_classes
-        self.class_weights = torch.ones(C, device=self.device)
-        self.kappa_sum = torch.zeros(C, device=self.device)   # Σ correct steps, per class, this epoch
-        self.class_count = torch.zeros(C, device=self.device)  # examples seen, per class, this epoch
+        self.weight_bounds = tuple(float(v) for v in self.options.weight_bounds)
+        self.register_state("class_weights", torch.ones(C, device=self.device))
+        self.register_state("kappa_sum", torch.zeros(C, device=self.device))    # Σ correct steps, per class, this epoch
+        self.register_state("class_count", torch.zeros(C, device=self.device))  # examples seen, per class, this epoch
         # ε as a device tensor keeps this attack out of CUDA-graph capture (attacks/graphs.py):
         # the capture's eager warm-up loops would add their forwards to the counts a second and
         # third time, and a per-step wrapper has a new identity every step.
         self._eps = self._scalar(self.attack.eps)
-
-    def _check_options(self):
-        super()._check_options()
-        opt = self.options
-        if not opt.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {opt.beta!r}")
-        try:  # from the command line the pair arrives as strings
-            low, high = (float(v) for v in opt.weight_bounds)
-        except (TypeError, ValueError):
-            raise ValueError(f"weight_bounds must be a pair (low, high), got {opt.weight_bounds!r}") from None
-        if not 0 < low <= high:
-            raise ValueError(f"weight_bounds must be (low, high) with 0 < low <= high, got {opt.weight_bounds!r}")
-        self.weight_bounds = (low, high)
 
     def start_epoch(self, epoch):
         """New class weights from the counts of the epoch that just ended (none before epoch 1:
@@ -129,9 +122,7 @@ class FairARD(ARD):
             t_nat = self.teacher(x)
         sample_weights = self.class_weights[y]
         loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, kd_weight=opt.kd_weight, sample_weights=sample_weights)
-        return {"loss": loss, "fair_ard_loss": loss.detach(), "mean_sample_weight": sample_weights.mean()}
+        return LossSum().add("fair_ard_loss", loss).log("mean_sample_weight", sample_weights.mean()).output()
 
     def log_values(self):
         return {"class_weight_min": self.class_weights.min(), "class_weight_max": self.class_weights.max()}
-
-    state_tensors = ("class_weights", "kappa_sum", "class_count")

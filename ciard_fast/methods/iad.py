@@ -37,9 +37,11 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..options import option
 from ..schedules import scaled_epoch
 from . import register_method
 from .ard import ARD, kl_divergence
+from .terms import LossSum
 
 
 def iad_alpha(t_adv, labels, beta=0.1):
@@ -83,23 +85,11 @@ class IAD(ARD):
     milestones = (100, 150)
 
     @dataclasses.dataclass
-    class Options:
-        tau: float = 1.0                  # distillation temperature
-        beta: float = 0.1                 # αᵢ = P_T(x')[yᵢ]^β
-        kd_weight: float = 1.0            # a: weight of the KD terms; 1 − a on the clean CE
-        begin: float = 60                 # introspection after this epoch (of 200; scaled)
-        attack_train_mode: bool = False   # True: attack with BN in train mode, as the public code
-        reference_lr: bool = False        # True: the public code's lr (0.01 after epoch 100, never 0.001)
-
-    def _check_options(self):
-        super()._check_options()
-        if not self.options.beta >= 0:
-            raise ValueError(f"beta must be >= 0, got {self.options.beta!r}")
-        if not isinstance(self.options.reference_lr, bool):
-            raise TypeError(f"reference_lr must be true or false, got {self.options.reference_lr!r}")
-        if not self.options.begin >= 0:
-            raise ValueError(f"begin must be >= 0 (an epoch of the {self.paper_epochs}-epoch schedule), "
-                             f"got {self.options.begin!r}")
+    class Options(ARD.Options):
+        tau: float = option(1.0, "distillation temperature τ", greater_than=0)
+        beta: float = option(0.1, "αᵢ = P_T(x')[yᵢ]^β", at_least=0)
+        begin: float = option(60, "introspection after this epoch (of the 200-epoch schedule; scaled)", at_least=0)
+        reference_lr: bool = option(False, "the public code's lr (0.01 after epoch 100, never 0.001)")
 
     def student_lr(self, epoch):
         """ARD's step schedule, or with `reference_lr` the public code's: base_lr through the
@@ -128,4 +118,4 @@ class IAD(ARD):
             t_adv = T(x_adv) if introspect else None
         loss, weights = iad_loss(s_adv, s_nat, t_nat, t_adv, y, tau=opt.tau, beta=opt.beta, kd_weight=opt.kd_weight,
                                  introspect=introspect)
-        return {"loss": loss, "iad_loss": loss.detach(), "iad_alpha": weights.mean()}
+        return LossSum().add("iad_loss", loss).log("iad_alpha", weights.mean()).output()

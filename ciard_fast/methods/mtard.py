@@ -28,9 +28,11 @@ from typing import Optional, Tuple
 import torch
 
 from .. import losses
+from ..options import MethodOptions, option
 from ..schedules import step_decay_factor
 from . import register_method
-from .base import Method, freeze
+from .base import Method, Network, freeze
+from .terms import LossSum
 
 
 @register_method
@@ -38,38 +40,30 @@ class MTARD(Method):
     name = "mtard"
     paper_epochs = 300
     milestones = (215, 260, 285)
-    needs_robust_teacher = True
-    needs_clean_teacher = True
+    networks = (Network.teacher("robust_teacher", "robust"), Network.teacher("clean_teacher", "clean"))
     preset_overrides = {"method_args": {"eta_w": 0.025}}
 
     @dataclasses.dataclass
-    class Options:
-        eta_w: float = 0.025                                   # loss-weight learning rate
-        w_nat: float = 0.5                                     # initial clean-KD weight (w_adv = 1 − it)
-        rate_decay_epochs: Tuple[int, ...] = (215, 260, 285)   # η_w ×0.1 (of 300 epochs)
-        kd_scale: Optional[float] = None                       # None: C/10
+    class Options(MethodOptions):
+        eta_w: float = option(0.025, "loss-weight learning rate η_w", at_least=0, at_most=1)
+        w_nat: float = option(0.5, "initial clean-KD weight (w_adv = 1 − it)", at_least=0, at_most=1)
+        rate_decay_epochs: Tuple[int, ...] = option((215, 260, 285), "the adaptive rates ×0.1 at these epochs "
+                                                    "(of paper_epochs; scaled)", at_least=0)
+        kd_scale: Optional[float] = option(None, "factor of the KD terms; None: C/10 (×10 on CIFAR-100)",
+                                           greater_than=0)
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         opt = self.options
-        if not 0.0 <= opt.w_nat <= 1.0:
-            raise ValueError(f"w_nat must be in [0, 1], got {opt.w_nat!r}")
-        if not 0.0 <= opt.eta_w <= 1.0:
-            raise ValueError(f"eta_w must be in [0, 1], got {opt.eta_w!r}")
-        if opt.kd_scale is not None and not opt.kd_scale > 0:
-            raise ValueError(f"kd_scale must be > 0 or None (C/10), got {opt.kd_scale!r}")
-        try:  # from the command line the epochs arrive as strings
-            self.rate_decay_epochs = tuple(float(e) for e in opt.rate_decay_epochs)
-        except (TypeError, ValueError):
-            raise ValueError(f"rate_decay_epochs must be a sequence of epochs, got {opt.rate_decay_epochs!r}") from None
+        self.rate_decay_epochs = tuple(float(e) for e in opt.rate_decay_epochs)
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
         freeze(self.robust_teacher)
         freeze(self.clean_teacher)
         # Method state, all device tensors (read on the host only for logging, between steps).
-        self.weights = torch.tensor([1.0 - opt.w_nat, opt.w_nat], device=self.device)  # [w_adv, w_nat]
-        self.initial_losses = torch.ones(2, device=self.device)
-        self.has_initial_losses = torch.zeros((), dtype=torch.bool, device=self.device)
-        self.eta_w = self._scalar(opt.eta_w)
+        self.register_state("weights", torch.tensor([1.0 - opt.w_nat, opt.w_nat], device=self.device))  # [w_adv, w_nat]
+        self.register_state("initial_losses", torch.ones(2, device=self.device))
+        self.register_state("has_initial_losses", torch.zeros((), dtype=torch.bool, device=self.device))
+        self.register_state("eta_w", self._scalar(opt.eta_w))
 
     # ---- schedules -----------------------------------------------------------------------------
     def start_epoch(self, epoch):
@@ -108,11 +102,9 @@ class MTARD(Method):
         # MTARD keeps w_adv = 1 − w_nat by construction; make it exact after the renormalisation.
         self.weights[0].copy_(1.0 - self.weights[1])
 
-        loss = self.weights[0] * L_adv + self.weights[1] * L_nat
-        return {"loss": loss, "L_adv": current[0], "L_nat": current[1]}
+        total = LossSum().add("L_adv", L_adv, weight=self.weights[0], logged=current[0])
+        return total.add("L_nat", L_nat, weight=self.weights[1], logged=current[1]).output()
 
-    # ---- logging and checkpoints ---------------------------------------------------------------
+    # ---- logging -------------------------------------------------------------------------------
     def log_values(self):
         return {"w_adv": self.weights[0], "w_nat": self.weights[1]}
-
-    state_tensors = ("weights", "initial_losses", "has_initial_losses", "eta_w")

@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from . import register_method
 from .base import Method
+from .terms import LossSum
 
 
 @register_method
@@ -14,5 +15,4 @@ class Natural(Method):
     milestones = (100, 150)
 
     def training_step(self, x, y):
-        loss = F.cross_entropy(self.student(x).float(), y)
-        return {"loss": loss, "ce": loss.detach()}
+        return LossSum().add("ce", F.cross_entropy(self.student(x).float(), y)).output()

@@ -23,16 +23,22 @@ from typing import Optional
 import torch
 
 from .. import losses
+from ..options import MethodOptions, option
 from . import register_method
-from .base import Method, freeze
+from .base import Method, Network, freeze
+from .terms import ADV, NAT, LossSum
+
+
+def rslad_terms(s_adv, s_nat, t_nat, kd_scale=1.0):
+    """(L_adv, L_nat) = kd_scale·(kd_kl(S(x'), T(x)), kd_kl(S(x), T(x))); logits [B, C]."""
+    return kd_scale * losses.kd_kl(s_adv, t_nat), kd_scale * losses.kd_kl(s_nat, t_nat)
 
 
 def rslad_loss(s_adv, s_nat, t_nat, adv_weight=5.0 / 6.0, kd_scale=1.0):
     """kd_scale·[w·kd_kl(S(x'), T(x)) + (1 − w)·kd_kl(S(x), T(x))], w = 5/6; logits [B, C].
 
     Returns (loss, L_adv, L_nat), the last two already multiplied by kd_scale."""
-    L_adv = kd_scale * losses.kd_kl(s_adv, t_nat)
-    L_nat = kd_scale * losses.kd_kl(s_nat, t_nat)
+    L_adv, L_nat = rslad_terms(s_adv, s_nat, t_nat, kd_scale)
     return adv_weight * L_adv + (1.0 - adv_weight) * L_nat, L_adv, L_nat
 
 
@@ -41,21 +47,18 @@ class RSLAD(Method):
     name = "rslad"
     paper_epochs = 300
     milestones = (215, 260, 285)
-    needs_robust_teacher = True
-    needs_clean_teacher = False
+    networks = (Network.teacher("robust_teacher", "robust"),)
 
     @dataclasses.dataclass
-    class Options:
-        adv_weight: float = 5.0 / 6.0     # weight of the adversarial term; 1 − it on the clean term
-        kd_scale: Optional[float] = None  # None: C/10 (×10 on CIFAR-100, as the public code)
+    class Options(MethodOptions):
+        adv_weight: float = option(5.0 / 6.0, "weight of the adversarial term; 1 − it on the clean term",
+                                   at_least=0, at_most=1)
+        kd_scale: Optional[float] = option(None, "factor of both KD terms; None: C/10 (×10 on CIFAR-100, as the "
+                                                 "public code)", greater_than=0)
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         opt = self.options
-        if not 0.0 <= opt.adv_weight <= 1.0:
-            raise ValueError(f"adv_weight must be in [0, 1], got {opt.adv_weight!r}")
-        if opt.kd_scale is not None and not opt.kd_scale > 0:
-            raise ValueError(f"kd_scale must be > 0 or None (C/10), got {opt.kd_scale!r}")
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
         freeze(self.robust_teacher)
 
@@ -70,5 +73,9 @@ class RSLAD(Method):
         x_adv = self.attack_student(x, y, loss="kl", target_logits=t_nat, default_start="normal")
         s_adv = S(x_adv)
         s_nat = S(x)
-        loss, L_adv, L_nat = rslad_loss(s_adv, s_nat, t_nat, self.options.adv_weight, self.kd_scale)
-        return {"loss": loss, "L_adv": L_adv.detach(), "L_nat": L_nat.detach()}
+        L_adv, L_nat = rslad_terms(s_adv, s_nat, t_nat, self.kd_scale)
+        w = self.options.adv_weight
+        total = LossSum().add("L_adv", L_adv, weight=w).add("L_nat", L_nat, weight=1.0 - w)
+        ctx = self.step_context(x, y, x_adv, {("student", ADV): s_adv, ("student", NAT): s_nat,
+                                              ("robust_teacher", NAT): t_nat})
+        return self.add_shared_terms(total, ctx).output()

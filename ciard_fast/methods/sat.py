@@ -3,6 +3,7 @@ import torch.nn.functional as F
 
 from . import register_method
 from .natural import Natural
+from .terms import LossSum
 
 
 @register_method
@@ -16,5 +17,4 @@ class SAT(Natural):
     def training_step(self, x, y):
         model = self.student
         x_adv = self.attack_student(x, y, loss="ce")
-        loss = F.cross_entropy(model(x_adv).float(), y)
-        return {"loss": loss, "ce_adv": loss.detach()}
+        return LossSum().add("ce_adv", F.cross_entropy(model(x_adv).float(), y)).output()

@@ -9,8 +9,10 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
+from ..options import MethodOptions, option
 from . import register_method
 from .base import Method, module_mode
+from .terms import LossSum
 
 
 @register_method
@@ -20,8 +22,8 @@ class TRADES(Method):
     milestones = (75, 90)  # the TRADES CIFAR-10 recipe: ×0.1 at 75 and 90 of 100
 
     @dataclasses.dataclass
-    class Options:
-        beta: float = 6.0
+    class Options(MethodOptions):
+        beta: float = option(6.0, "weight β of the KL between f(x) and f(x')", at_least=0)
 
     def training_step(self, x, y):
         model = self.student
@@ -32,5 +34,4 @@ class TRADES(Method):
         logits_adv = model(x_adv).float()
         natural = F.cross_entropy(logits, y)
         robust = F.kl_div(F.log_softmax(logits_adv, dim=1), F.softmax(logits, dim=1), reduction="batchmean")
-        loss = natural + self.options.beta * robust
-        return {"loss": loss, "ce": natural.detach(), "kl": robust.detach()}
+        return LossSum().add("ce", natural).add("kl", robust, weight=self.options.beta).output()
