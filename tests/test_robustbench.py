@@ -438,3 +438,20 @@ def test_eval_evaluates_a_zoo_model_by_name(tmp_path, test_entry, capsys):
     code = main(["eval", "--model", "robustbench:TestEval_WRN10_1", "--model_dir", str(tmp_path / "missing"),
                  "--root", data, "--no-progress"])
     assert code == 2 and "Fetch it on a machine with internet access" in capsys.readouterr().err
+
+
+def test_compare_shares_a_robustbench_teacher(tmp_path, test_entry):
+    data = write_small_cifar10(str(tmp_path / "data"))
+    entry = test_entry(_as_entry(("WRN", 10, 1, False), "cifar10", "TestCompare_WRN10_1"))
+    save_like_robustbench(randomise(rb_model(("WRN", 10, 1, False), 10)).state_dict(), tmp_path / "zoo", "cifar10",
+                          entry.name, "model")
+    settings = {k: v for k, v in SMALL_RUN.items() if k != "compare_natural_student"}
+    result = ciard_fast.compare(["rslad", "ard"], preset=None, out_dir=str(tmp_path / "cmp"), data_root=data,
+                                robust_teacher="robustbench:TestCompare_WRN10_1", model_dir=str(tmp_path / "zoo"),
+                                test_attacks=("clean", "transfer_pgd"), **settings)
+    assert result.teachers == {"robust": "robustbench:TestCompare_WRN10_1"}
+    for method in ("rslad", "ard"):
+        run = tmp_path / "cmp" / method / "seed-0"
+        assert json.loads((run / "teachers.json").read_text())["robust"]["robustbench"]["name"] == entry.name
+        assert json.loads((run / "surrogate.json").read_text())["weights"] == "robustbench:TestCompare_WRN10_1"
+    assert set(result.rows) == {"rslad", "ard"}

@@ -133,6 +133,14 @@ def zoo_entry(weights, config):
     return robustbench.get_entry(robustbench.parse_reference(weights), config.dataset)
 
 
+def weights_file(weights, config):
+    """The file behind a teacher's `weights`: the path itself, or for ``robustbench:<name>`` the
+    entry's file in the config's `model_dir`."""
+    if robustbench.is_reference(weights):
+        return robustbench.checkpoint_path(zoo_entry(weights, config), config.model_dir)
+    return weights
+
+
 def needed_teachers(method):
     """The kinds of teacher ("robust", "clean") the method named `method` needs, in that order."""
     from ..methods import get_method
@@ -318,4 +326,4 @@ def _check_method_args(spec):
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
            "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers",
-           "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs", "zoo_entry"]
+           "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs", "weights_file", "zoo_entry"]
