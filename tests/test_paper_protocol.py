@@ -8,7 +8,6 @@ transcription of the algorithm of Andriushchenko et al. (2020) written below fro
 """
 import json
 import math
-import os
 
 import pytest
 import torch
@@ -320,7 +319,7 @@ def test_eval_cli_ciard_paper_protocol_with_a_trainer_checkpoint_surrogate(digit
                  "8", "--no-progress", "--json", str(json_path)])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert NINE_LABELS in out and f"surrogate of the transfer columns: small_cnn, normalize=none" in out
+    assert NINE_LABELS in out and "surrogate of the transfer columns: small_cnn, normalize=none" in out
     data = json.loads(json_path.read_text())
     assert list(data["accuracy"]) == NINE + ["worst"] and data["protocol"] == "ciard-paper"
     assert data["surrogate"] == f"small_cnn ({teacher})"

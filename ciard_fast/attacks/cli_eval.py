@@ -246,6 +246,8 @@ def run(args):
                                  f"normalisation")
             entry = _robustbench_entry(args.model, args.dataset)
             dataset_name = args.dataset or entry.dataset
+            if args.num_classes is not None and args.num_classes != entry.num_classes:
+                raise ValueError(f"--num-classes {args.num_classes}: {args.model} has {entry.num_classes} classes")
             config = {}
         else:
             checkpoint = read_checkpoint(args.weights)
