@@ -7,6 +7,7 @@ cheap (the CLI's ``--help`` should not pay for Triton or scikit-learn).
     >>> result = ciard_fast.train()                    # the embedded digits demo
     >>> table = ciard_fast.compare(["ciard", "rslad", "mtard"], preset="demo")
     >>> model = ciard_fast.create_model("resnet18", num_classes=10, normalize="cifar10")
+    >>> teacher = ciard_fast.load_robustbench("Zhang2019Theoretically")   # models/cifar10/Linf/...pt
     >>> x_adv = ciard_fast.pgd(model, x, y, eps=8/255, alpha=2/255, steps=10)
     >>> report = ciard_fast.evaluate(model, ciard_fast.load_dataset("cifar10", split="test"))
 """
@@ -29,6 +30,7 @@ _EXPORTS = {
     "list_models": "ciard_fast.models",
     "register_model": "ciard_fast.models",
     "load_weights": "ciard_fast.models",
+    "load_robustbench": "ciard_fast.models.robustbench",
     "load_dataset": "ciard_fast.data",
     "register_dataset": "ciard_fast.data",
     "register_method": "ciard_fast.methods",

@@ -46,19 +46,23 @@ class TrainConfig:
     student: str = "resnet18"
     student_args: dict = dataclasses.field(default_factory=dict)  # model kwargs, e.g. {width: 16}
     student_normalize: Union[bool, str] = True  # dataset mean/std inside the model; or a DATASET_STATS name
-    robust_teacher: Optional[str] = None   # checkpoint path; None: trained first (robust_teacher_method)
+    robust_teacher: Optional[str] = None   # checkpoint path or robustbench:<name>; None: trained first (robust_teacher_method)
     robust_teacher_model: str = "wrn34_10"
     robust_teacher_args: dict = dataclasses.field(default_factory=dict)
     robust_teacher_normalize: Union[bool, str] = "auto"  # auto: a file's best on the validation split
     #                                      (raw, dataset, published stats); trained here: raw [0,1] pixels
     robust_teacher_method: str = "trades"
-    clean_teacher: Optional[str] = None    # checkpoint path; None: trained first (natural)
+    clean_teacher: Optional[str] = None    # checkpoint path or robustbench:<name>; None: trained first (natural)
     clean_teacher_model: str = "resnet56"
     clean_teacher_args: dict = dataclasses.field(default_factory=dict)
     clean_teacher_normalize: Union[bool, str] = "auto"  # auto as above (trained here: dataset stats);
     #                                      False: the reference code's raw-pixel ResNet-56;
     #                                      "cifar10_legacy": the statistics the public hub ResNet-56 was trained with
     allow_weak_teacher: bool = False       # True: distil from a teacher under 1.5x chance on validation
+    model_dir: str = dataclasses.field(default="models", metadata={
+        "group": "teachers",
+        "help": "folder of RobustBench checkpoints: a teacher robustbench:<name> is read from "
+                "<model_dir>/<dataset>/Linf/<name>.pt (the layout robustbench.utils.load_model downloads into)"})
     teacher_epochs: int = 100              # when a teacher has to be trained first
     teacher_lr: float = 0.1
     # -- optimisation ---------------------------------------------------------------------------
@@ -394,9 +398,40 @@ def validate_config(config):
     for name in ("robust_teacher", "clean_teacher", "resume", "out_dir", "data_root"):
         if getattr(config, name) == "":
             raise ValueError(f"{name} is an empty string; give a path or leave it unset (None)")
+    if config.model_dir == "":
+        raise ValueError("model_dir is an empty string; give the folder of RobustBench checkpoints (default: models)")
+    _check_robustbench_teachers(config)
+    _check_transfer_columns(config)
     for name in ("student_normalize", "robust_teacher_normalize", "clean_teacher_normalize"):
         if getattr(config, name) == "":
             raise ValueError(f"{name} is an empty string; give true, false or a dataset-statistics name")
+
+
+def _check_robustbench_teachers(config):
+    """A teacher `robustbench:<name>` must name an entry of the run's dataset (the file itself is
+    looked for when the teacher is resolved, so that a config can be built on another machine)."""
+    from .models import robustbench
+
+    for name in ("robust_teacher", "clean_teacher"):
+        value = getattr(config, name)
+        if robustbench.is_reference(value):
+            try:
+                robustbench.get_entry(robustbench.parse_reference(value), config.dataset)
+            except ValueError as exc:
+                raise ValueError(f"{name}={value!r}: {exc}") from None
+
+
+def _check_transfer_columns(config):
+    """Transfer columns in `test_attacks` are crafted on the run's robust teacher as loaded before
+    distillation: the method must have one."""
+    from .attacks.columns import get_attack
+    from .methods import get_method
+
+    transfer = [a for a in config.test_attacks if get_attack(a).needs_surrogate]
+    if transfer and not get_method(config.method).needs_robust_teacher:
+        raise ValueError(f"test_attacks: the transfer column(s) {', '.join(transfer)} are crafted on the run's robust "
+                         f"teacher, but method {config.method!r} has none; drop them from test_attacks and evaluate "
+                         f"the checkpoint with: ciard-fast eval --weights <checkpoint> --surrogate PATH|robustbench:NAME")
 
 
 # ---- parsing "--key value" strings from the command line ---------------------------------------

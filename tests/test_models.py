@@ -37,7 +37,7 @@ from ciard_fast.models.wide_resnet import WideResNet
 
 LIGHT = ["resnet18", "preact_resnet18", "mobilenet_v2", "resnet56", "resnet20", "small_cnn",
          "small_resnet"]
-HEAVY = ["wrn34_10", "wrn28_10", "wrn70_16"]
+HEAVY = ["wrn34_10", "wrn28_10", "wrn70_16", "wide_resnet", "dm_wide_resnet"]
 SIZES = (32, 64)
 NUM_CLASSES = (10, 100, 200)
 
@@ -202,6 +202,8 @@ PUBLIC_LAYOUTS = {
     "wrn34_10": lambda nc: trades_wide_resnet(34, 10, nc),
     "wrn28_10": lambda nc: trades_wide_resnet(28, 10, nc),
     "wrn70_16": lambda nc: dm_wide_resnet(70, 16, nc),
+    "wide_resnet": lambda nc: trades_wide_resnet(34, 10, nc),  # its default depth and width
+    "dm_wide_resnet": lambda nc: dm_wide_resnet(28, 10, nc),
     "resnet56": lambda nc: chenyaofo_resnet(9, nc),
     "resnet20": lambda nc: chenyaofo_resnet(3, nc),
 }
@@ -215,6 +217,8 @@ PUBLIC_PARAM_COUNTS = {
     "wrn34_10": 46_160_474,
     "wrn28_10": 36_479_194,
     "wrn70_16": 266_796_506,
+    "wide_resnet": 46_160_474,  # WRN-34-10 by default
+    "dm_wide_resnet": 36_479_194,  # WRN-28-10 by default: the weight shapes of the TRADES WRN-28-10
     "resnet56": 855_770,
     "resnet20": 272_474,
 }
@@ -345,11 +349,14 @@ def get_model():
 # 64x64, all of WRN-70-16: ~2 min on 2 CPU cores) is marked slow. The WRN classes also run
 # at a small width, in every run, in test_wide_resnet_classes_forward_backward_at_small_width.
 HEAVY_FAST_SIZES = {"wrn34_10": {32}, "wrn28_10": {32}, "wrn70_16": set()}
+# the generic factories build the very classes of wrn34_10 / wrn70_16 (at their default sizes the
+# weight shapes are checked above and below): no second forward/backward grid for them
+GENERIC = {"wide_resnet", "dm_wide_resnet"}
 
 
 def _grid():
     out = []
-    for name in LIGHT + HEAVY:
+    for name in [n for n in LIGHT + HEAVY if n not in GENERIC]:
         for nc in NUM_CLASSES:  # sizes innermost: a heavy model is built once per num_classes
             for size in SIZES:
                 fast = name in LIGHT or size in HEAVY_FAST_SIZES[name]
@@ -669,7 +676,7 @@ def test_normalised_model_equals_plain_model_on_normalised_input(name, normalize
 
 def test_dm_layout_keeps_its_own_statistics():
     m10, m100 = _meta_model("wrn70_16", 10), _meta_model("wrn70_16", 100)
-    assert m10.normalization == DATASET_STATS["cifar10"]  # DMWideResNet's default
+    assert m10.normalization == DATASET_STATS["deepmind_cifar10"]  # DMWideResNet's default (std 0.2471)
     assert m100.normalization == DATASET_STATS["cifar100"]  # RobustBench's CIFAR-100 entries
     assert _meta_model("wrn70_16", 100, normalize="tinyimagenet").normalization == \
         DATASET_STATS["tinyimagenet"]
@@ -682,7 +689,7 @@ def test_dm_layout_keeps_its_own_statistics():
     ident.load_state_dict(dm.state_dict())
     assert ident.normalization is None and torch.equal(ident.std, torch.ones(3, 1, 1))
     x = torch.rand(2, 3, 32, 32)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DATASET_STATS["cifar10"])
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in DATASET_STATS["deepmind_cifar10"])
     with torch.no_grad():
         torch.testing.assert_close(dm(x), ident((x - mean) / std), rtol=1e-5, atol=1e-5)
 

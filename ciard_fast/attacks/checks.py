@@ -22,6 +22,7 @@ __all__ = [
     "EvaluationWarning",
     "assert_valid_adversarial",
     "check_model_sanity",
+    "check_surrogate",
     "check_attack_ordering",
     "check_steps_monotone",
     "check_eps_monotone",
@@ -142,6 +143,33 @@ def check_model_sanity(model, x, y, strict=False, check_determinism=True):
         if diff > NONDETERMINISM_ATOL:
             messages.append(f"two forwards of the same input differ (normalised difference {diff:.3g}); a "
                             f"randomised model needs attacks with expectation over transformation (EOT)")
+    raise_or_warn(messages, strict)
+    return messages
+
+
+def check_surrogate(surrogate, x, num_classes, strict=False):
+    """Check the surrogate of the transfer columns on the first batch x; returns the findings.
+
+    Its classes must be the evaluated model's (`num_classes`) and its parameters on x's device
+    type: ValueError otherwise, whatever `strict` (the columns could not mean anything). A
+    surrogate in train mode is a finding (warned, or raised when `strict`): BatchNorm would craft
+    on batch statistics and move its running statistics.
+    """
+    params = list(surrogate.parameters()) if isinstance(surrogate, torch.nn.Module) else []
+    if params and params[0].device.type != x.device.type:
+        raise ValueError(f"the surrogate's parameters are on {params[0].device} but the evaluation runs on "
+                         f"{x.device}; move it with surrogate.to({str(x.device)!r})")
+    with torch.no_grad():
+        classes = surrogate(x[:2]).shape[1]
+    if classes != num_classes:
+        raise ValueError(f"the surrogate returns {classes} logits but the evaluated model {num_classes}: transfer "
+                         f"attacks need a surrogate trained on the same classes (the same dataset)")
+    messages = []
+    in_train = _modules_in_train_mode(surrogate)
+    if in_train:
+        shown = ", ".join(in_train[:5]) + (f" and {len(in_train) - 5} more" if len(in_train) > 5 else "")
+        messages.append(f"the surrogate is in train mode ({shown}); call surrogate.eval() — BatchNorm would craft "
+                        f"the transfer attacks on batch statistics and update its running statistics")
     raise_or_warn(messages, strict)
     return messages
 

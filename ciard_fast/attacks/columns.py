@@ -19,6 +19,11 @@ The attack function returns the adversarial images x_adv (not the correctness): 
 then asserts that every x_adv is finite, in [0, 1] and within ε of x before it scores it, so no
 column can report a number for images outside the threat model. Its params must hold "eps".
 "worst" is not a column here: it is the per-example AND of all columns that ran.
+
+A transfer (black-box) column registers with ``surrogate=True``: it crafts its images on
+``ctx.surrogate`` (the model given as ``evaluate(..., surrogate=...)``) and the evaluator scores
+them on the evaluated model; ``seed_of="pgd_trades"`` gives it the random-start stream of its
+white-box twin, so the two columns differ only in the model the gradients come from.
 """
 import dataclasses
 from typing import Callable, Optional, Tuple
@@ -57,6 +62,8 @@ class EvalAttack:
         does not depend on which others run).
     available: optional ``() -> None`` raising ImportError when the column cannot run here (it
         is then skipped with a warning, or the error is raised when strict).
+    needs_surrogate: a transfer column: it crafts on ``ctx.surrogate`` (evaluate's `surrogate`,
+        required then) and only scores on the evaluated model.
     """
 
     name: str
@@ -67,23 +74,29 @@ class EvalAttack:
     order: float = 100.0
     seed_index: int = 0
     available: Optional[Callable] = None
+    needs_surrogate: bool = False
 
 
 @dataclasses.dataclass
 class AttackContext:
     """What a column's `run` may use besides its params: the column's own seeded `generator`
     (on x's device), `robust` (bool [B]: examples correct under every column so far),
-    `batch_size` (the evaluation's), `robust_only` (evaluate's aa_on_robust_only)."""
+    `batch_size` (the evaluation's), `robust_only` (evaluate's aa_on_robust_only), `surrogate`
+    (the model transfer columns craft on; None when the evaluation has none)."""
 
     generator: torch.Generator
     robust: torch.Tensor
     batch_size: int
     robust_only: bool = False
+    surrogate: Optional[Callable] = None
 
 
-def register_attack(name, label=None, defaults=None, overridable=(), order=None, available=None, run=None):
+def register_attack(name, label=None, defaults=None, overridable=(), order=None, available=None, run=None,
+                    surrogate=False, seed_of=None):
     """Register an evaluation column; a decorator of ``run(model, x, y, params, ctx) -> x_adv``
-    (or pass `run`). `label` defaults to `name`; `defaults` to ``{"eps": eps}``. Returns `run`."""
+    (or pass `run`). `label` defaults to `name`; `defaults` to ``{"eps": eps}``. `surrogate=True`:
+    a transfer column (crafts on ``ctx.surrogate``). `seed_of`: a registered column whose random
+    start stream this one shares (its seed_index). Returns `run`."""
     if defaults is None:
         def defaults(eps, seed):
             return {"eps": eps}
@@ -98,9 +111,10 @@ def register_attack(name, label=None, defaults=None, overridable=(), order=None,
         taken = ATTACK_REGISTRY.get(name) if name in ATTACK_REGISTRY else None
         index = taken.seed_index if taken is not None else len(ATTACK_REGISTRY.names())
         position = order if order is not None else 100.0 + index
+        seed_index = get_attack(seed_of).seed_index if seed_of is not None else index
         entry = EvalAttack(name=name, label=label or name, run=fn, defaults=defaults,
-                           overridable=tuple(overridable), order=float(position), seed_index=index,
-                           available=available)
+                           overridable=tuple(overridable), order=float(position), seed_index=seed_index,
+                           available=available, needs_surrogate=bool(surrogate))
         if taken is not None and taken.run is fn:
             return fn  # the same registration again (a module imported twice)
         ATTACK_REGISTRY.register(name, entry)

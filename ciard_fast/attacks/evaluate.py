@@ -13,10 +13,11 @@ import torch
 
 from ..version import __version__
 from .autoattack import AA_VERSIONS, standard_attacks
-from .checks import (assert_valid_adversarial, check_attack_ordering, check_model_sanity, EvaluationCheckError,
-                     EvaluationWarning)
+from .checks import (assert_valid_adversarial, check_attack_ordering, check_model_sanity, check_surrogate,
+                     EvaluationCheckError, EvaluationWarning)
 from .columns import BUILTIN, WORST, AttackContext, get_attack, list_attacks
 from .progress import Progress
+from .protocols import get_protocol
 from .report import EvalReport
 from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_radius
 
@@ -132,8 +133,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, batch_size=256, n=None, strict=False,
-             device=None, progress=True, seed=0, attack_params=None, aa_on_robust_only=False):
+def evaluate(model, dataset_or_loader, attacks=None, eps=8 / 255, batch_size=256, n=None, strict=False,
+             device=None, progress=True, seed=0, attack_params=None, aa_on_robust_only=False, surrogate=None,
+             protocol="standard", surrogate_name=None):
     """Evaluate `model` under the standard table of docs/evaluation.md and return an :class:`EvalReport`.
 
     Args:
@@ -145,9 +147,23 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
             (x, y) batches such as ``DeviceLoader(dataset, batch_size)``.
         attacks: column names (a sequence or a comma-separated string) from "clean", "fgsm",
             "pgd_sat" (20 × 2/255, uniform start), "pgd_trades" (20 × 0.003, uniform start), "cw"
-            (CW∞, 30 × 2/255, κ = 50, zero init), "aa" (AutoAttack standard) and any column
+            (CW∞, 30 × 2/255, κ = 50, zero init), "aa" (AutoAttack standard), "square" (the
+            score-based Square Attack, 5000 queries), the transfer columns "transfer_pgd" (BB
+            PGD-TRADES) and "transfer_cw" (BB CW∞), crafted on `surrogate`, and any column
             registered with `ciard_fast.attacks.columns.register_attack`. "clean" is always
-            reported. Default: the six built-in ones.
+            reported. Default (None): the protocol's columns.
+        protocol: "standard" (default: Clean, FGSM, PGD-SAT, PGD-TRADES, CW∞, AA) or
+            "ciard-paper": the nine columns of the CIARD paper in its order, with its authors'
+            settings (Clean, FGSM, PGD-SAT, PGD-TRADES, CW∞, BB PGD-TRADES, Square with 100
+            queries, BB CW∞, AA; needs `surrogate`). A protocol other than "standard" fixes the
+            columns: `attacks` must then be None (`attack_params` still apply, and are reported).
+        surrogate: the model transfer columns craft their images on (e.g. the robust teacher as
+            loaded before distillation, ``ciard_fast.load_robustbench("Zhang2019Theoretically")``):
+            a callable taking the same [0, 1] images and returning logits over the same classes,
+            in eval mode, on `device`. Required when a transfer column runs (ValueError naming
+            `surrogate` otherwise). ``surrogate=model`` makes each transfer column equal its
+            white-box twin example by example (same random start).
+        surrogate_name: how the report names the surrogate (default: its class name).
         eps: L∞ radius in [0, 1]. Default 8/255. Step sizes stay those of the table.
         batch_size: examples per batch for a dataset or tuple (a loader keeps its own). Default 256.
         n: evaluate only the first n examples (None: all).
@@ -169,7 +185,10 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
 
     How "worst" is computed: every attack runs on every example, so each column is that attack's
     own accuracy; an example counts as robust in "worst" only if it is classified correctly under
-    every column (a per-example AND).
+    every column (a per-example AND) — the transfer and Square columns included.
+
+    Forward counts: ``report.forwards[column]`` counts the evaluated model's forwards (in
+    examples); a transfer column's forwards on the surrogate are in ``report.surrogate_forwards``.
 
     Non-finite logits anywhere (e.g. a model with NaN weights) raise EvaluationCheckError when
     `strict`, else warn; every batch's labels are checked to be < the model's classes.
@@ -182,6 +201,12 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     """
     if not callable(model):
         raise TypeError(f"model must be callable, got {type(model).__name__}")
+    chosen = get_protocol(protocol)
+    if attacks is None:
+        attacks = chosen.columns
+    elif protocol != "standard":
+        raise ValueError(f"protocol={protocol!r} fixes the columns ({', '.join(chosen.columns)}); pass attacks=None, "
+                         f"or protocol='standard' with your own attacks")
     if isinstance(attacks, str):
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     attacks = list(attacks)
@@ -189,6 +214,13 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         get_attack(name)
     if len(set(attacks)) != len(attacks):
         raise ValueError(f"attacks lists a column twice: {attacks}")
+    transfer = [name for name in attacks if get_attack(name).needs_surrogate]
+    if transfer and surrogate is None:
+        raise ValueError(f"the transfer column(s) {', '.join(transfer)} craft their images on a surrogate model: pass "
+                         f"surrogate= (e.g. the robust teacher as loaded before distillation; ciard-fast eval "
+                         f"--surrogate PATH or robustbench:NAME), or drop them from attacks")
+    if surrogate is not None and not callable(surrogate):
+        raise TypeError(f"surrogate must be a callable model, got {type(surrogate).__name__}")
     if isinstance(eps, torch.Tensor):
         raise TypeError("evaluate takes one float eps (the table's radius), got a tensor")
     check_radius(eps, 1, "eps")
@@ -202,6 +234,8 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     entries = {name: get_attack(name) for name in set(attacks) | {"clean"}}
     columns = sorted(entries, key=lambda c: entries[c].order)
     params = default_hyperparameters(eps, seed)
+    for column, settings in chosen.params.items():
+        params[column].update(settings)
     registered = set(params)
     for column, overrides in (attack_params or {}).items():
         allowed = set(get_attack(column).overridable) if column in registered else set()
@@ -221,6 +255,16 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
     skipped = {}
     notes = ["worst: an example is robust only if it is classified correctly under every column; every column is "
              "computed on every example (its own accuracy)"]
+    if protocol != "standard":
+        notes.append(f"protocol {protocol}: {chosen.source}"
+                     + (f"; attack_params changed {sorted(attack_params)}" if attack_params else ""))
+    surrogate_label = ""
+    if transfer:
+        surrogate_label = surrogate_name or type(surrogate).__name__
+        for column in transfer:
+            hyper[column]["surrogate"] = surrogate_label
+        notes.append(f"{', '.join(transfer)}: transfer attacks crafted on the surrogate {surrogate_label} and scored "
+                     f"on the evaluated model (its forwards on the surrogate are counted apart)")
     for column in list(columns):
         if entries[column].available is None:
             continue
@@ -247,9 +291,11 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
                          f"number")
 
     counted = _CountingModel(model)
+    counted_surrogate = _CountingModel(surrogate) if transfer else None
     generators = {c: torch.Generator(device=device).manual_seed(seed + 1000 * entries[c].seed_index) for c in columns}
     correct = {c: torch.zeros((), dtype=torch.long, device=device) for c in columns + [WORST]}
     forwards = {c: 0 for c in columns}
+    surrogate_forwards = {c: 0 for c in columns if entries[c].needs_surrogate}
     seconds = {c: 0.0 for c in columns}
     total = 0
 
@@ -273,15 +319,19 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         if first:
             findings = check_model_sanity(model, xb, yb, strict=strict)
             found.extend(findings)
+            if counted_surrogate is not None:
+                found.extend(check_surrogate(surrogate, xb, num_classes, strict=strict))
             first = False
         robust = torch.ones(xb.shape[0], dtype=torch.bool, device=device)
         for column in columns:
             _sync(device)
             t0 = time.perf_counter()
             before = counted.examples
+            before_surrogate = counted_surrogate.examples if counted_surrogate is not None else 0
             p = hyper[column]
             context = AttackContext(generator=generators[column], robust=robust, batch_size=batch_size,
-                                    robust_only=aa_on_robust_only and column == "aa")
+                                    robust_only=aa_on_robust_only and column == "aa",
+                                    surrogate=counted_surrogate if entries[column].needs_surrogate else None)
             x_adv = entries[column].run(counted, xb, yb, p, context)
             if column != "clean":
                 # every column's images are checked against the threat model before they are scored
@@ -295,6 +345,8 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
             robust &= ok
             correct[column] += ok.sum()
             forwards[column] += counted.examples - before
+            if column in surrogate_forwards:
+                surrogate_forwards[column] += counted_surrogate.examples - before_surrogate
             _sync(device)
             seconds[column] += time.perf_counter() - t0
             bar.update(1, column)
@@ -322,6 +374,7 @@ def evaluate(model, dataset_or_loader, attacks=DEFAULT_ATTACKS, eps=8 / 255, bat
         seconds={c: round(s, 6) for c, s in seconds.items()}, total_seconds=round(time.perf_counter() - t_start, 6),
         skipped=skipped, warnings=found, notes=notes, device=str(device), seed=seed, strict=strict, model=name,
         version=__version__, created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        protocol=protocol, surrogate=surrogate_label, surrogate_forwards=surrogate_forwards,
     )
 
 

@@ -16,7 +16,13 @@ def format_eps(eps):
     return f"{eps:.6g}"
 
 
-def _format_value(value):
+# hyperparameters measured in pixel units, printed as k/255 when they are
+PIXEL_KEYS = ("eps", "alpha")
+
+
+def _format_value(value, key=None):
+    if isinstance(value, float) and key is not None and key not in PIXEL_KEYS:
+        return f"{value:.6g}"
     if isinstance(value, float):
         k = value * 255
         if abs(k - round(k)) < 1e-6 and 0 < round(k) < 255:
@@ -40,6 +46,9 @@ class EvalReport:
         hyperparameters: column -> the attack's settings.
         forwards: column -> model forward passes counted (in examples: a batch of B counts B),
             including the final forward that scores x_adv; divide by n for per-example cost.
+        surrogate_forwards: transfer column -> forwards of the surrogate it crafted on (examples).
+        protocol: the evaluation protocol ("standard", "ciard-paper").
+        surrogate: the name of the surrogate the transfer columns were crafted on ("" if none).
         seconds: column -> wall-clock seconds spent on that column.
         total_seconds: wall-clock of the whole evaluation.
         skipped: column -> why it was not run (e.g. pyautoattack missing).
@@ -65,6 +74,9 @@ class EvalReport:
     model: str = ""
     version: str = ""
     created: str = ""
+    protocol: str = "standard"
+    surrogate: str = ""
+    surrogate_forwards: dict = dataclasses.field(default_factory=dict)
 
     @property
     def columns(self):
@@ -79,7 +91,9 @@ class EvalReport:
         cols = self.columns
         lines = [
             f"Robust accuracy (%), n = {self.n}, L∞ ε = {format_eps(self.eps)}, device {self.device}"
-            + (f", model {self.model}" if self.model else ""),
+            + (f", model {self.model}" if self.model else "")
+            + (f", protocol {self.protocol}" if self.protocol != "standard" else "")
+            + (f", surrogate {self.surrogate}" if self.surrogate else ""),
             "",
         ]
         lines += render_table([column_label(c) for c in cols], [[f"{100 * self.accuracy[c]:.2f}" for c in cols]],
@@ -87,8 +101,10 @@ class EvalReport:
         rows = []
         for c in cols:
             params = self.hyperparameters.get(c) or {}
-            shown = ", ".join(f"{k}={_format_value(v)}" for k, v in params.items()) or "—"
+            shown = ", ".join(f"{k}={_format_value(v, k)}" for k, v in params.items()) or "—"
             fwd = f"{self.forwards_per_example(c):.1f}" if c in self.forwards else "—"
+            if c in self.surrogate_forwards and self.n:
+                fwd += f" (+{self.surrogate_forwards[c] / self.n:.1f} surrogate)"
             sec = f"{self.seconds[c]:.2f}" if c in self.seconds else "—"
             rows.append([column_label(c), f"{100 * self.accuracy[c]:.2f}", f"{self.correct[c]} / {self.n}", shown, fwd,
                          sec])

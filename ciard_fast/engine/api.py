@@ -31,6 +31,8 @@ from .model_card import write_run_card
 from .precision import RunPrecision, resolve_device, resolve_precision
 from .rundir import claim_run_folder
 from .signals import RunInterrupted, graceful_stop, stop_at_once
+from .surrogate import (check_surrogate_record, describe as describe_surrogate, load_surrogate, record_surrogate,
+                        transfer_columns)
 from .teachers import build_teachers, check_run_teachers, ensure_teachers, teacher_specs
 from .trainer import Trainer
 
@@ -43,7 +45,8 @@ NATURAL_STUDENT_OVERRIDES = ("method", "method_args", "lr", "compare_natural_stu
 class TrainResult:
     """What a run produced. `metrics`: the final test-set accuracies (%) of the best checkpoint,
     by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths;
-    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)"."""
+    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)"; `surrogate`: what
+    the transfer columns were crafted on (the record of `engine/surrogate.py`; {} when none ran)."""
 
     out_dir: str
     last_checkpoint: str
@@ -55,6 +58,7 @@ class TrainResult:
     table: str = ""
     comparison: dict = dataclasses.field(default_factory=dict)
     evaluated: str = ""
+    surrogate: dict = dataclasses.field(default_factory=dict)
 
 
 def make_config(config=None, **overrides):
@@ -221,6 +225,10 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
     teachers = build_teachers(config, splits, device, teacher_paths, state)
     if teachers and state is None:
         check_run_teachers(config, teachers, teacher_paths, splits, device, precision_ctx, dist)
+        if dist.is_main:  # before any step: ITT may fine-tune the robust teacher the transfer columns need as loaded
+            record_surrogate(config, teachers.get("robust_teacher"), teacher_paths.get("robust"), out_dir)
+    elif state is not None and dist.is_main:
+        check_surrogate_record(config, out_dir)
 
     student = build_model(config.student, splits["train"], config.student_normalize, device, config,
                           config.student_args)
@@ -251,13 +259,15 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
     if finished and config.test_attacks and dist.is_main:
         checkpoint, result.evaluated = _checkpoint_to_evaluate(trainer, run_state)
         with stop_at_once(trainer.last_path, run_state.epoch, run_state.step):  # nothing to save: stop at once
-            result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
-        rows = {f"{config.method} student ({config.student})": result.metrics}
-        if config.compare_natural_student:
-            natural = _natural_student(config, splits, device)
-            rows[f"natural student ({config.student})"] = natural
+            surrogate, record = load_surrogate(config, num_classes, device, out_dir)
+            result.surrogate = record or {}
+            result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device, surrogate, record)
+            rows = {f"{config.method} student ({config.student})": result.metrics}
+            if config.compare_natural_student:
+                natural = _natural_student(config, splits, device, surrogate, record)
+                rows[f"natural student ({config.student})"] = natural
         result.comparison = rows
-        result.table = _markdown_table(rows, config, result.evaluated)
+        result.table = _markdown_table(rows, config, result.evaluated, record)
         _write_results(out_dir, result)
         print(result.table)
     if finished and dist.is_main:
@@ -309,13 +319,15 @@ def _ensure_natural_student(config):
         _run(sub, {}, progress_prefix="[natural student] ", managed=True)  # needs no teachers
 
 
-def _natural_student(config, splits, device):
-    """Test the natural student trained by `_ensure_natural_student` (the demo's point of comparison)."""
+def _natural_student(config, splits, device, surrogate=None, record=None):
+    """Test the natural student trained by `_ensure_natural_student` (the demo's point of comparison);
+    its transfer columns are crafted on the same surrogate as the student's."""
     sub = natural_student_config(config)
     cached = os.path.join(sub.resolved_out_dir(), "last.pt")
     model = build_model(sub.student, splits["train"], sub.student_normalize, device, sub, sub.student_args)
     best = os.path.join(sub.resolved_out_dir(), "best.pt")
-    return _test_metrics(config, model, best if os.path.isfile(best) else cached, splits["test"], device)
+    return _test_metrics(config, model, best if os.path.isfile(best) else cached, splits["test"], device, surrogate,
+                         record)
 
 
 # ---- final evaluation --------------------------------------------------------------------------
@@ -341,24 +353,31 @@ def _weights_note(source):
     return f", {source}" if source else ""
 
 
-def _test_metrics(config, model, checkpoint_path, test_set, device):
-    """Accuracies (%) on the test split under the config's attacks, for the best checkpoint."""
+def _test_metrics(config, model, checkpoint_path, test_set, device, surrogate=None, record=None):
+    """Accuracies (%) on the test split under the config's attacks, for the best checkpoint; the
+    transfer columns crafted on `surrogate` (described by `record`)."""
     from ..attacks.evaluate import evaluate
 
     if checkpoint_path:
         model.load_state_dict(ckpt.eval_weights(ckpt.load_checkpoint(checkpoint_path)))
     model.eval()
     report = evaluate(model, test_set, attacks=tuple(config.test_attacks), eps=config.eps, n=config.test_n,
-                      device=device, progress=config.progress, seed=config.seed)
+                      device=device, progress=config.progress, seed=config.seed, surrogate=surrogate,
+                      surrogate_name=describe_surrogate(record) if record else None)
     return {name: 100.0 * value for name, value in report.accuracy.items()}  # fractions -> %
 
 
-def _markdown_table(rows, config, evaluated=""):
+def _markdown_table(rows, config, evaluated="", surrogate=None):
     columns = order_columns(k for metrics in rows.values() for k in metrics)
     source = f" (student weights: {evaluated})" if evaluated else ""
     lines = [f"Test accuracy (%) at eps = {config.eps * 255:.3g}/255 on {config.dataset}{source}", ""]
     body = [[name] + [format_accuracy(metrics.get(c)) for c in columns] for name, metrics in rows.items()]
     lines += render_table(["model"] + [column_label(c) for c in columns], body)
+    if surrogate:
+        from ..attacks.columns import ATTACK_REGISTRY
+
+        transfer = transfer_columns([c for c in columns if c in ATTACK_REGISTRY])
+        lines += ["", f"{', '.join(column_label(c) for c in transfer)}: crafted on {describe_surrogate(surrogate)}."]
     return "\n".join(lines) + "\n"
 
 
@@ -367,4 +386,4 @@ def _write_results(out_dir, result):
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
         {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
          "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint,
-         "evaluated": result.evaluated}, indent=2))
+         "evaluated": result.evaluated, "surrogate": result.surrogate or None}, indent=2))

@@ -38,8 +38,9 @@ from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from . import stats
+from ..models import robustbench
 from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
-                       teacher_spec)
+                       teacher_spec, weights_file)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
@@ -173,7 +174,7 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
                                    {kind: teacher_inputs[kind] for kind in needed[name]},
                                    os.path.join(out_dir, name, f"seed-{seed}"), attacks, seed, split_seed)
             # a teacher retrained under the same path makes the old rows stale: its file time counts
-            used = {kind: os.path.getmtime(teachers[kind]) for kind in needed[name]
+            used = {kind: os.path.getmtime(weights_file(teachers[kind], base)) for kind in needed[name]
                     if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
             bar.set_description(f"compare {name} seed {seed}")
             runs[name].append({**_run_method(config, reuse, used), "seed": seed})
@@ -342,7 +343,9 @@ def _teacher_weights(base, kind, out_dir):
     when it finished with the same config) with the normalisation it was trained with."""
     spec = teacher_spec(base, kind)
     if spec.weights:
-        return spec.weights, spec.normalize
+        # a robustbench:<name> teacher brings its own normalisation: the config's setting is passed on as it is
+        own = getattr(base, TEACHER_FIELDS[kind]["normalize"]) if robustbench.is_reference(spec.weights) else None
+        return spec.weights, spec.normalize if own is None else own
     cached = ensure_teacher(spec, base)  # out_dir/teachers/<kind>/last.pt, as train() would make it
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).

@@ -13,11 +13,13 @@ The JSON holds (keys of :func:`build_model_card`):
 - ``threat_model``: ``{"norm": "Linf", "eps": float, "eps_text": "8/255"}``;
 - ``evaluation``: the final test table of the run — each attack's accuracy (%) exactly as in
   ``results.json``, its settings (steps, step size, start, loss; AutoAttack's version and
-  sub-attacks when it ran), the split and number of images; ``None`` when the run had no test
-  attacks;
+  sub-attacks when it ran), the split and number of images, and, when transfer (BB) columns ran,
+  ``surrogate``: the robust teacher as loaded before distillation they were crafted on (its file,
+  architecture, weights digest, RobustBench entry); ``None`` when the run had no test attacks;
 - ``training``: method and all its options (defaults filled in), epochs, batch, lr, seed, the
   training attack; ``teachers``: path, architecture and normalisation of each teacher, with their
-  measured validation accuracies when ``<out_dir>/teachers.json`` exists;
+  measured validation accuracies when ``<out_dir>/teachers.json`` exists (and, for a RobustBench
+  teacher, its entry with the accuracies the zoo lists);
 - ``config_sha256``, ``software`` (ciard-fast, torch, python versions), ``created`` (UTC);
 - ``robustbench``: the same figures under the field names of RobustBench's ``model_info`` JSON
   files (``dataset``, ``architecture``, ``eps``, ``clean_acc``, ``autoattack_acc``,
@@ -124,7 +126,7 @@ def _teachers(config, out_dir, teacher_paths):
             entry["method"] = spec.method if spec.weights is None else "(given checkpoint)"
         info = measured.get(kind)
         if isinstance(info, dict):
-            for key in ("val_clean", "val_pgd"):
+            for key in ("val_clean", "val_pgd", "robustbench"):
                 if key in info:
                     entry[key] = info[key]
             entry["measured_by"] = TEACHERS_JSON
@@ -133,7 +135,7 @@ def _teachers(config, out_dir, teacher_paths):
 
 
 def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict, teacher_paths=None,
-                     out_dir=None, test_n=None):
+                     out_dir=None, test_n=None, surrogate=None):
     """The card of a trained student, as a JSON-ready dict (keys listed in the module docstring).
 
     Args:
@@ -148,6 +150,7 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
         teacher_paths: ``{"robust"|"clean": path}`` of the teachers used (``TrainResult.teachers``).
         out_dir: the run folder (for ``teachers.json``; default ``config.resolved_out_dir()``).
         test_n: images the test table was computed on (default ``min(config.test_n, test size)``).
+        surrogate: what the transfer columns were crafted on (``TrainResult.surrogate``), if any.
     """
     from ..attacks.evaluate import default_hyperparameters
 
@@ -208,6 +211,8 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
             "autoattack": "aa" in metrics,
             "source": "results.json",
         }
+        if surrogate:
+            card["evaluation"]["surrogate"] = dict(surrogate)
     card["robustbench"] = _robustbench(card)
     return card
 
@@ -260,10 +265,14 @@ def render_markdown(card):
                                 [[format_accuracy(ev["accuracy"][c]) for c in cols]], align=["right"] * len(cols)),
                   "", "Settings:", ""]
         for name, params in ev["settings"].items():
-            shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items()) or "no attack"
+            shown = ", ".join(f"{k}={_short(v, k)}" for k, v in params.items()) or "no attack"
             lines.append(f"- {column_label(name)}: {shown}")
         if not ev["autoattack"]:
             lines.append("- AutoAttack: not run for this card")
+        if ev.get("surrogate"):
+            sur = ev["surrogate"]
+            lines.append(f"- transfer (BB) columns crafted on `{sur['weights']}` ({sur['model']}), {sur['source']}"
+                         f" (weights sha256 `{sur['weights_sha256'][:16]}…`)")
         lines.append("")
     lines += ["## Training", "", f"- method: {t['method']}" + (" (a teacher run)" if t["teacher_run"] else ""),
               f"- options: {json.dumps(t['options'], default=str)}",
@@ -272,9 +281,12 @@ def render_markdown(card):
               f"- training attack: PGD-{t['attack']['steps']}, ε = {eps_text(t['attack']['eps'])}, "
               f"step {eps_text(t['attack']['alpha'])}, start {t['attack']['random_start']}"]
     for kind, info in card["teachers"].items():
-        measured = ", ".join(f"{k} {info[k]:.2f}%" for k in ("val_clean", "val_pgd") if k in info)
+        measured = ", ".join(f"{k} {100 * info[k]:.2f}%" for k in ("val_clean", "val_pgd") if k in info)
+        zoo = info.get("robustbench")
+        listed = (f"; RobustBench lists {zoo['listed_clean_acc']:.2f}% clean / {zoo['listed_autoattack_acc']:.2f}% "
+                  f"AutoAttack at eps {zoo['listed_eps']}" if zoo else "")
         lines.append(f"- {kind} teacher: `{info['architecture']}` {json.dumps(info['kwargs'])} from `{info['path']}`"
-                     + (f" (measured: {measured})" if measured else ""))
+                     + (f" (measured: {measured}{listed})" if measured or listed else ""))
     lines += ["", "## Provenance", "", f"- config sha256: `{card['config_sha256']}`",
               f"- ciard-fast {card['software']['ciard_fast']}, torch {card['software']['torch']}, "
               f"python {card['software']['python']}", f"- created: {card['created']}", ""]
@@ -292,7 +304,9 @@ def render_markdown(card):
     return "\n".join(lines)
 
 
-def _short(value):
+def _short(value, key=None):
+    if isinstance(value, float) and key not in (None, "eps", "alpha"):
+        return f"{value:.4g}"
     if isinstance(value, float):
         text = eps_text(value)
         return text if "/" in text else f"{value:.4g}"
@@ -327,7 +341,7 @@ def write_run_card(result, student, splits):
     sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}
     sizes["image_size"] = tuple(splits["train"].image_size)
     card = build_model_card(result.config, student, sizes, result.metrics, path, ckpt.eval_weights(state),
-                            teacher_paths=result.teachers, out_dir=result.out_dir)
+                            teacher_paths=result.teachers, out_dir=result.out_dir, surrogate=result.surrogate)
     json_path, _ = write_model_card(card, os.path.join(result.out_dir, CARD_JSON),
                                     os.path.join(result.out_dir, CARD_MD))
     return json_path

@@ -61,6 +61,9 @@ class TeacherToCheck:
     given_as_file: True for a checkpoint the user brought (a weak one stops the run); False for
         a teacher this run trained itself (its normalisation is known and its length was the
         user's choice: a weak one is reported and recorded, with a warning, but does not stop).
+    zoo: for a RobustBench entry, its record (``ZooEntry.describe()`` and the file read):
+        written to teachers.json under "robustbench"; its listed accuracies are printed beside the
+        measured ones.
     """
 
     kind: str
@@ -71,6 +74,7 @@ class TeacherToCheck:
     candidates: tuple = ()
     set_normalize: Optional[Callable[[Any], None]] = None
     given_as_file: bool = True
+    zoo: Optional[dict] = None
 
 
 def describe_normalize(value):
@@ -150,6 +154,8 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
     report = {}
     for teacher in teachers:
         entry = {"path": teacher.path, "model": teacher.model_name}
+        if teacher.zoo is not None:
+            entry["robustbench"] = dict(teacher.zoo)
         own = None
         if teacher.normalize == AUTO:
             if teacher.set_normalize is None or not teacher.candidates:
@@ -223,6 +229,10 @@ def _report_line(teacher, entry):
     parts.append(f"val clean {100 * entry['val_clean']:.2f}%")
     if "val_pgd" in entry:
         parts.append(f"val PGD {100 * entry['val_pgd']:.2f}%")
+    if "robustbench" in entry:
+        zoo = entry["robustbench"]
+        parts.append(f"(RobustBench lists {zoo['listed_clean_acc']:.2f}% clean / {zoo['listed_autoattack_acc']:.2f}% "
+                     f"AutoAttack on the {zoo['dataset']} test set at eps {zoo['listed_eps']})")
     if entry["weak"]:
         parts.append(f"WARNING: weak, under {WEAK_FACTOR}x chance")
     return " ".join(parts)

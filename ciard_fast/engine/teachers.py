@@ -19,6 +19,7 @@ import sys
 from typing import Optional, Union
 
 from ..config import TrainConfig, derive_config
+from ..models import robustbench
 from ..models.normalization import AUTO
 from . import checkpoint as ckpt
 
@@ -54,7 +55,7 @@ CACHED_TEACHER_OVERRIDES = ("eval_every", "test_attacks", "test_n", "plot", "com
 # Fields that only describe the distillation run: back to their defaults in the teacher's run, so
 # that changing them neither changes a teacher nor invalidates a cached one.
 DISTILLATION_ONLY = tuple(name for names in TEACHER_FIELDS.values() for name in names.values()) \
-    + TEACHER_TRAINING_FIELDS
+    + TEACHER_TRAINING_FIELDS + ("model_dir",)
 TEACHER_RUN_OVERRIDES = FROM_SPEC + ("out_dir",) + CACHED_TEACHER_OVERRIDES + DISTILLATION_ONLY
 
 
@@ -66,7 +67,9 @@ class TeacherSpec:
         kind: "robust" or "clean".
         model: a registered model name (`ciard_fast.models.list_models()`).
         model_args: the model's keyword arguments (e.g. {"width": 16}).
-        weights: the weights file, or None to train the teacher first.
+        weights: the weights file, ``robustbench:<name>`` (a RobustBench entry, read from the
+            config's `model_dir`: its architecture and normalisation come with the entry), or None
+            to train the teacher first.
         normalize: its input normalisation, any value `resolve_normalization` takes (True: the
             dataset's statistics, False: raw [0, 1] pixels, a `DATASET_STATS` name, a pair), or
             "auto" for a teacher given as a file (chosen by `check_run_teachers`; a teacher
@@ -117,11 +120,26 @@ def teacher_spec(config, kind):
     normalize = getattr(config, names["normalize"])
     if normalize == AUTO and weights is None:
         normalize = TEACHER_TRAINING_NORMALIZE[kind]
-    return TeacherSpec(kind=kind, model=getattr(config, names["model"]),
-                       model_args=dict(getattr(config, names["model_args"]) or {}),
-                       weights=weights, normalize=normalize,
+    model, model_args = getattr(config, names["model"]), dict(getattr(config, names["model_args"]) or {})
+    if robustbench.is_reference(weights):  # the zoo entry fixes the architecture and the normalisation
+        entry = zoo_entry(weights, config)
+        model, model_args, normalize = entry.model, dict(entry.model_args), entry.normalization or False
+    return TeacherSpec(kind=kind, model=model, model_args=model_args, weights=weights, normalize=normalize,
                        method=getattr(config, names["method"]) if "method" in names else "natural",
                        epochs=config.teacher_epochs, lr=config.teacher_lr)
+
+
+def zoo_entry(weights, config):
+    """The RobustBench entry a teacher `robustbench:<name>` names, for the config's dataset."""
+    return robustbench.get_entry(robustbench.parse_reference(weights), config.dataset)
+
+
+def weights_file(weights, config):
+    """The file behind a teacher's `weights`: the path itself, or for ``robustbench:<name>`` the
+    entry's file in the config's `model_dir`."""
+    if robustbench.is_reference(weights):
+        return robustbench.checkpoint_path(zoo_entry(weights, config), config.model_dir)
+    return weights
 
 
 def teacher_roles(method, method_args=None):
@@ -185,7 +203,7 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     load it with `ciard_fast.models.load_weights`.
     """
     if spec.weights:
-        _check_weights_file(spec)
+        _check_weights_file(spec, base_config)
         return spec.weights
     from .api import train  # the engine's public entry point (api imports this module)
 
@@ -206,8 +224,11 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     return train(config, progress_prefix=prefix).last_checkpoint
 
 
-def _check_weights_file(spec):
+def _check_weights_file(spec, config):
     field = TEACHER_FIELDS[spec.kind]["weights"]
+    if robustbench.is_reference(spec.weights):
+        robustbench.existing_file(zoo_entry(spec.weights, config), config.model_dir)  # FileNotFoundError: how to fetch
+        return
     if not os.path.isfile(spec.weights):
         raise ValueError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's weights file, "
                          f"or leave {field} unset to train the teacher first")
@@ -240,7 +261,10 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
         model = build_model(spec.model, splits["train"], normalize, device, config, spec.model_args)
         if state is None:
             try:
-                load_weights(model, teacher_paths[kind])
+                if robustbench.is_reference(teacher_paths[kind]):
+                    robustbench.load_entry_weights(model, zoo_entry(teacher_paths[kind], config), config.model_dir)
+                else:
+                    load_weights(model, teacher_paths[kind])
             except (ValueError, TypeError) as exc:  # under the config's own field names
                 names = TEACHER_FIELDS[kind]
                 raise type(exc)(f"{names['weights']}={teacher_paths[kind]!r} (for {names['model']}={spec.model!r}): "
@@ -279,6 +303,13 @@ def check_run_teachers(config, teachers, teacher_paths, splits, device, precisio
         def set_normalize(value, model=model):
             unwrap(model).set_normalization(resolve_normalization(value, train_set))
 
+        if robustbench.is_reference(spec.weights):
+            # the entry's normalisation is known: recorded as it is, no candidates to try
+            entry = zoo_entry(spec.weights, config)
+            zoo = dict(entry.describe(), file=robustbench.checkpoint_path(entry, config.model_dir))
+            to_check.append(TeacherToCheck(kind=kind, model=model, path=spec.weights, model_name=spec.model,
+                                           normalize=entry.normalization_text, zoo=zoo))
+            continue
         to_check.append(TeacherToCheck(
             kind=kind, model=model, path=teacher_paths.get(kind), model_name=spec.model, normalize=spec.normalize,
             candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
@@ -311,4 +342,6 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_roles", "teacher_run_config", "teacher_spec", "teacher_specs"]
+           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers",
+           "needed_teachers", "teacher_roles", "teacher_run_config", "teacher_spec", "teacher_specs", "weights_file",
+           "zoo_entry"]

@@ -23,6 +23,12 @@ tuple of 3 per-channel floats in [0, 1] pixel units, rounded to 4 decimals:
 - ``"tinyimagenet_legacy"``: same mean, std ``(0.2302, 0.2265, 0.2262)``: what averaging per-image
   (or per-batch) stds gives, which many Tiny-ImageNet training scripts copy; for checkpoints
   trained with it.
+- ``"deepmind_cifar10"``: CIFAR-10's mean with std ``(0.2471, 0.2435, 0.2616)``: the constants
+  DeepMind's WideResNet code hard-codes (and RobustBench's ``dm_wide_resnet.py`` copies), which
+  every DeepMind-layout CIFAR-10 checkpoint of the RobustBench zoo normalises with. The 0.2471 is
+  a rounding slip, but it is what those weights were trained and listed with, so their logits are
+  reproduced only with it. (Their CIFAR-100 constants equal ``"cifar100"``.) The name does not
+  start with ``cifar10`` on purpose: it is not one of the ``auto`` candidates of a CIFAR-10 teacher.
 
 The dict is a plain ``dict`` on purpose: a user may add their own dataset's statistics.
 
@@ -43,6 +49,7 @@ DATASET_STATS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "tinyimagenet": (_TINYIMAGENET_MEAN, (0.2770, 0.2691, 0.2821)),
     "tinyimagenet_legacy": (_TINYIMAGENET_MEAN, (0.2302, 0.2265, 0.2262)),
+    "deepmind_cifar10": (_CIFAR10_MEAN, (0.2471, 0.2435, 0.2616)),
 }
 
 # A teacher given as a file may be trained with or without normalisation; "auto" asks the

@@ -123,6 +123,13 @@ def wrn34_10(num_classes=10, sub_block1=True, drop_rate=0.0):
     return WideResNet(34, 10, num_classes=num_classes, sub_block1=sub_block1, drop_rate=drop_rate)
 
 
+@register_model("wide_resnet")
+def wide_resnet(num_classes=10, depth=34, widen_factor=10, sub_block1=True, drop_rate=0.0):
+    """WideResNet-``depth``-``widen_factor`` (TRADES keys; default 34-10): the RobustBench entries
+    of this layout at other depths and widths build it through ``ciard_fast.models.robustbench``."""
+    return WideResNet(depth, widen_factor, num_classes=num_classes, sub_block1=sub_block1, drop_rate=drop_rate)
+
+
 @register_model("wrn28_10")
 def wrn28_10(num_classes=10, sub_block1=True, drop_rate=0.0):
     """WideResNet-28-10 (TRADES keys)."""
