@@ -26,7 +26,7 @@ from .distributed import DistContext, unwrap
 from .divergence import FiniteMonitor, check_finite_weights
 from .signals import RunInterrupted, stop_requested
 from ..attacks.graphs import GraphCache, cuda_graphs
-from .logs import Progress, TensorBoardLog, write_history
+from .logs import Progress, TensorBoardLog, WandbLog, write_history
 from .optim import build_optimizer, set_lr
 from .validation import correct_clean_and_pgd
 
@@ -85,6 +85,8 @@ class Trainer:
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
         self.tensorboard = (TensorBoardLog(os.path.join(out_dir, "tensorboard"))
                             if config.tensorboard and self.is_main else None)
+        # the same rows on Weights & Biases; left open by fit() for the final table (close_tracker)
+        self.wandb = WandbLog(config, out_dir) if config.wandb and self.is_main else None
 
     @property
     def is_main(self):
@@ -137,11 +139,21 @@ class Trainer:
     def fit(self):
         try:
             return self._fit()
+        except BaseException:
+            self.close_tracker(failed=True)
+            raise
         finally:
             if self.graphs is not None:
                 self.graphs.release()  # graphs pin the student's tensors and a memory pool
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def close_tracker(self, result=None, failed=False):
+        """Finish the W&B run (if any), first with the final test table of `result` (a TrainResult)."""
+        if self.wandb is not None:
+            if result is not None and result.comparison:
+                self.wandb.write_results(result.comparison, result.table, result.evaluated)
+            self.wandb.close(failed=failed)
 
     def _fit(self):
         config = self.config
@@ -275,6 +287,7 @@ class Trainer:
                 ckpt.save_checkpoint(self.best_path, state)
             ckpt.save_checkpoint(self.last_path, state)
             write_history(self.out_dir, self.state.history)
-            if self.tensorboard is not None:
-                self.tensorboard.write(row)
+            for log in (self.tensorboard, self.wandb):
+                if log is not None:
+                    log.write(row)
         self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it
