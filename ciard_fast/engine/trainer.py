@@ -165,8 +165,9 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             self.save(row)
-            if stop_requested():  # the signal came during validation or the save: the epoch is on disk
-                raise RunInterrupted(stop_requested(), self.last_path, epoch, self.state.step)
+            signum = self._agreed_stop()
+            if signum:  # the signal came during validation or the save: the epoch is on disk
+                raise RunInterrupted(signum, self.last_path, epoch, self.state.step)
         return self.state
 
     def train_one_epoch(self, epoch):
@@ -205,7 +206,7 @@ class Trainer:
             if steps % config.log_every == 0 or steps == num_steps:
                 self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
                 self._show(epoch, steps, num_steps, sums, images, start)
-            signum = stop_requested()
+            signum = self._agreed_stop(steps, num_steps)
             if steps < num_steps and (signum or (every and self.state.step % every == 0)):
                 self.save_mid_epoch(epoch, lr, steps, sums, images, time.perf_counter() - start)
                 if signum:
@@ -225,6 +226,18 @@ class Trainer:
         row["train_seconds"] = seconds
         row["train_images_per_s"] = images * self.dist.world_size / max(seconds, 1e-9)
         return row
+
+    def _agreed_stop(self, steps=None, num_steps=None):
+        """The signal this run stops on after step `steps` of `num_steps` (None: after the epoch's
+        save), or None. In one process: the flag, read after every step. Under DDP every rank must
+        stop at the same step (else one waits in a collective the others never join), so the ranks
+        take the largest of their flags, every `log_every` steps (where the loop reads the host
+        anyway), at an epoch's last step and after its save."""
+        if not self.dist.enabled:
+            return stop_requested()
+        if steps is not None and steps % self.config.log_every and steps != num_steps:
+            return None
+        return self.dist.max_int(stop_requested() or 0, self.method.device) or None
 
     def _trained_modules(self):
         return [unwrap(self.student)] + [unwrap(m) for m in self.method.trainable_modules().values()]
