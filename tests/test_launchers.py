@@ -225,6 +225,47 @@ def test_cli_maps_every_launcher_option(monkeypatch):
 
 
 # ---- local ----------------------------------------------------------------------------------------
+def test_local_jobs_get_one_gpu_each_the_least_busy_and_at_most_max_parallel_run(tmp_path, monkeypatch):
+    """The scheduling of --launcher local on a 2-GPU machine, with jobs that end on their own."""
+    from ciard_fast.engine import launchers
+
+    class Job:
+        def __init__(self, number, gpus):
+            self.job_id, self.gpus, self.polls = str(1000 + number), gpus, 0
+            self.paths = type("P", (), {"stderr": "e", "stdout": "o"})()
+
+        def done(self):
+            self.polls += 1
+            return self.polls > 2
+
+    class Executor:
+        def __init__(self):
+            self.params, self.jobs = {}, []
+
+        def update_parameters(self, **params):
+            self.params.update(params)
+
+        def submit(self, job):
+            running = sum(not j.polls > 2 for j in self.jobs)
+            assert running < 3  # never more than max_parallel at once
+            self.jobs.append(Job(len(self.jobs), (self.params["gpus_per_node"], tuple(self.params["visible_gpus"]))))
+            return self.jobs[-1]
+
+    executor = Executor()
+    launcher = launchers.LocalLauncher(max_parallel=3)
+    launcher.gpus = 2
+    monkeypatch.setattr(launcher, "_executor", lambda folder: executor)
+    monkeypatch.setattr(launchers, "_failure_of", lambda job: None)
+    monkeypatch.setattr(launchers, "POLL_S", {"local": 0.0, "slurm": 0.0})
+    plan = [compare_module.PlannedRun(method="natural", seed=s, config=None, teachers={}, reuse=False)
+            for s in range(5)]
+    rows = launcher.run(plan, execute=None, finished=lambda run: {"seed": run.seed}, out_dir=str(tmp_path),
+                        prepare_teachers=lambda: None, teachers_ready=lambda: True)
+    assert rows == {f"natural/seed-{s}": {"seed": s} for s in range(5)}
+    assert [job.gpus for job in executor.jobs[:3]] == [(1, (0,)), (1, (1,)), (1, (0,))]
+    assert all(gpus[0] == 1 and len(gpus[1]) == 1 for gpus in (job.gpus for job in executor.jobs))
+
+
 @pytest.mark.slow
 def test_local_launcher_gives_the_inline_table_to_the_last_digit(tmp_path, inline_digits, one_thread_jobs, capsys):
     out = tmp_path / "cmp"

@@ -201,15 +201,17 @@ class LocalLauncher:
         for key in rows:
             _say(f"{key}: finished earlier, reused")
         folder = os.path.join(out_dir, JOBS_DIR)
-        executor = self.submitit.LocalExecutor(folder=folder)
-        free_gpus = list(range(self.gpus))
+        executor = self._executor(folder)
+        jobs_on = {gpu: 0 for gpu in range(self.gpus)}  # GPU -> its running jobs (more than one: max_parallel > GPUs)
         running, failed = {}, []
         with _signals_as_interrupt():
             try:
                 while todo or running:
                     while todo and len(running) < self.max_parallel:
                         run = todo.pop(0)
-                        gpu = free_gpus.pop(0) if free_gpus else None
+                        gpu = min(jobs_on, key=lambda g: (jobs_on[g], g)) if jobs_on else None
+                        if gpu is not None:
+                            jobs_on[gpu] += 1
                         executor.update_parameters(timeout_min=LOCAL_TIMEOUT_MIN, gpus_per_node=0 if gpu is None else 1,
                                                    visible_gpus=() if gpu is None else (gpu,))
                         with _sigint_ignored():
@@ -221,7 +223,7 @@ class LocalLauncher:
                         if job.done():
                             del running[key]
                             if gpu is not None:
-                                free_gpus.append(gpu)
+                                jobs_on[gpu] -= 1
                             reason = _failure_of(job) or (None if finished(run) is not None else
                                                           "returned, but its folder holds no row of this config")
                             if reason:
@@ -243,6 +245,9 @@ class LocalLauncher:
             raise JobsFailed(_report(failed, len(plan), "Fix the cause and rerun the same command: finished runs are "
                                                         "reused and only the failed ones run again."))
         return rows
+
+    def _executor(self, folder):
+        return self.submitit.LocalExecutor(folder=folder)
 
     @staticmethod
     def _stop(running):
