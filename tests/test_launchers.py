@@ -410,8 +410,20 @@ def test_a_failed_teachers_job_cancels_the_runs_waiting_for_it_and_a_rerun_submi
     assert tasks[str(array["job_id"])]["state"] == "CANCELLED"  # it never started
     assert not (tmp_path / "cmp" / "rslad").exists()
 
-    result = compare("rslad", **kwargs)  # the teachers' job again, then the run
-    assert len(submissions(slurm)) == 4 and set(result.teachers) == {"robust"}
+    # submitted without waiting: the run stays PENDING behind the failed teachers' job, as on SLURM
+    with monkeypatch.context() as patch:
+        patch.setattr(compare_module, "prepare_teachers", _cluster_hooks.failing_teachers)
+        assert compare("rslad", wait=False, **kwargs) is None
+    _, _, teachers2, array2 = submissions(slurm)
+    deadline = time.time() + 120
+    while stand_in_tasks(slurm)[str(teachers2["job_id"])]["state"] != "FAILED" and time.time() < deadline:
+        time.sleep(0.1)
+    assert stand_in_tasks(slurm)[str(array2["job_id"])]["state"] == "PENDING"
+    # the same command, fixed: that run is cancelled (it could never start), the teachers' job and
+    # the run are submitted again, and the table comes
+    result = compare("rslad", **kwargs)
+    assert len(submissions(slurm)) == 6 and set(result.teachers) == {"robust"}
+    assert ended_tasks(slurm)[str(array2["job_id"])]["state"] == "CANCELLED"
     assert (tmp_path / "cmp" / "teachers" / "robust.pt").is_file()
 
 

@@ -41,6 +41,7 @@ RECORD_FILE = "submitted.json"
 # its timeout_min, so it is set beyond any run (about 20 months)
 LOCAL_TIMEOUT_MIN = 2 ** 20
 POLL_S = {"local": 0.5, "slurm": 2.0}  # how often the jobs' states are read while waiting
+UNKNOWN_GRACE_S = 600  # a recorded job sacct does not know yet counts as queued this long after sbatch
 # SLURM states of a job that is still queued or running (sacct's State, first word)
 IN_FLIGHT = ("PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
              "SUSPENDED", "PREEMPTED", "READY", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD")
@@ -290,6 +291,18 @@ class SlurmLauncher:
     def _state(self, job):
         return _state_word(job.watcher.get_state(job.job_id, mode="force"))
 
+    def _in_flight(self, job, entry):
+        """Is the recorded job still queued or running? A job sacct does not know (yet) counts as
+        queued for UNKNOWN_GRACE_S after its submission (the accounting can lag behind sbatch)."""
+        state = self._state(job)
+        if state == "UNKNOWN":
+            try:
+                submitted = datetime.datetime.fromisoformat(entry.get("submitted", ""))
+            except ValueError:
+                return False
+            return (datetime.datetime.now(datetime.timezone.utc) - submitted).total_seconds() < UNKNOWN_GRACE_S
+        return state in IN_FLIGHT
+
     def run(self, plan, execute, finished, out_dir, prepare_teachers, teachers_ready):
         from .cluster_job import ClusterJob
         from .rundir import RunLock
@@ -303,7 +316,7 @@ class SlurmLauncher:
             teacher_job = None
             if not teachers_ready():
                 entry = record.get("teachers")
-                if entry and self._state(self._job(folder, entry["job_id"])) in IN_FLIGHT:
+                if entry and self._in_flight(self._job(folder, entry["job_id"]), entry):
                     teacher_job = self._job(folder, entry["job_id"])
                     _say(f"teachers: SLURM job {teacher_job.job_id} (submitted earlier, "
                          f"{self._state(teacher_job).lower()}), {_logs(teacher_job)}")
@@ -371,18 +384,20 @@ class SlurmLauncher:
         if not entry:
             return None
         job = self._job(folder, entry["job_id"], self.options.tasks_per_job)
-        state = self._state(job)
-        if state not in IN_FLIGHT:
+        if not self._in_flight(job, entry):
             return None
+        state = self._state(job)
         if entry.get("digest") != run.digest:
             raise ValueError(f"{run.key}: SLURM job {job.job_id} of an earlier configuration of this run is still "
                              f"{state.lower()} in {os.path.dirname(folder)}; wait for it or cancel it (scancel "
                              f"{job.job_id}), then run this command again")
         after = entry.get("after")
         if state == "PENDING" and after and (teacher_job is None or teacher_job.job_id != after):
-            # waiting for a teachers' job that failed or was replaced: it would never start
-            job.cancel(check=False)
-            return None
+            dependency = self._state(self._job(folder, after))
+            if dependency not in IN_FLIGHT and dependency != "COMPLETED":
+                # waiting for a teachers' job that failed: SLURM would never start it
+                job.cancel(check=False)
+                return None
         return job
 
     def _wait(self, plan, jobs, teacher_job, rows, finished):
