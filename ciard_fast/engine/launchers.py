@@ -239,9 +239,9 @@ class LocalLauncher:
                 signum = _interrupt_signum(stop)
                 self._stop(running)
                 raise LaunchInterrupted(signum, f"{signal.Signals(signum).name} received: the running local jobs "
-                                                "stopped after writing their checkpoints; rerun the same compare "
-                                                "command to continue (finished runs are reused, interrupted ones "
-                                                "continue exactly)") from None
+                                                "were stopped (a run inside an epoch first wrote its checkpoint); "
+                                                "rerun the same compare command to continue (finished runs are "
+                                                "reused, interrupted ones continue exactly)") from None
         if failed:
             raise JobsFailed(_report(failed, len(plan), "Fix the cause and rerun the same command: finished runs are "
                                                         "reused and only the failed ones run again."))
@@ -308,9 +308,10 @@ class SlurmLauncher:
         from .rundir import RunLock
         from .slurm import executor_parameters
 
-        folder = self.folder = os.path.abspath(os.path.join(out_dir, JOBS_DIR))
+        folder = os.path.abspath(os.path.join(out_dir, JOBS_DIR))
         name = f"ciard-{os.path.basename(os.path.abspath(out_dir))}"
         rows, jobs = {}, {}  # key -> row (finished) / key -> submitit job (queued or running)
+        dependent = set()  # keys of the jobs that start only after the teachers' job succeeded
         with RunLock(folder):  # one submitting command at a time: the record stays whole
             record = _read_record(folder)
             teacher_job = None
@@ -341,6 +342,9 @@ class SlurmLauncher:
                 attached = self._attach(folder, record.get("runs", {}).get(run.key), run, teacher_job)
                 if attached is not None:
                     jobs[run.key] = attached
+                    entry = record["runs"][run.key]
+                    if teacher_job is not None and entry.get("after") == teacher_job.job_id:
+                        dependent.add(run.key)
                     _say(f"{run.key}: SLURM job {attached.job_id} (submitted earlier, {self._state(attached).lower()}),"
                          f" {_logs(attached)}")
                 else:
@@ -358,6 +362,8 @@ class SlurmLauncher:
                 runs_record = record.setdefault("runs", {})
                 for run, job in zip(todo, submitted):
                     jobs[run.key] = job
+                    if after:
+                        dependent.add(run.key)
                     runs_record[run.key] = {"job_id": job.job_id, "digest": run.digest, "after": after,
                                             "submitted": _now(), "stdout": str(job.paths.stdout),
                                             "stderr": str(job.paths.stderr)}
@@ -369,7 +375,7 @@ class SlurmLauncher:
             return None
         with _signals_as_interrupt():
             try:
-                self._wait(plan, jobs, teacher_job, rows, finished)
+                self._wait(plan, jobs, teacher_job, dependent, rows, finished)
             except KeyboardInterrupt as stop:
                 signum = _interrupt_signum(stop)
                 ids = ", ".join(sorted({job.job_id.split("_")[0] for job in jobs.values()}))
@@ -400,8 +406,9 @@ class SlurmLauncher:
                 return None
         return job
 
-    def _wait(self, plan, jobs, teacher_job, rows, finished):
-        """Poll until every job is done; rows of the finished runs into `rows`; JobsFailed otherwise."""
+    def _wait(self, plan, jobs, teacher_job, dependent, rows, finished):
+        """Poll until every job is done; rows of the finished runs into `rows`; JobsFailed otherwise
+        (a failed teachers' job first cancels the `dependent` jobs, which SLURM would never start)."""
         by_key = {run.key: run for run in plan}
         pending, failed = dict(jobs), []
         if pending:
@@ -410,12 +417,12 @@ class SlurmLauncher:
             if teacher_job is not None and teacher_job.done():
                 reason = _failure_of(teacher_job)
                 if reason:
-                    arrays = sorted({job.job_id.split("_")[0] for job in pending.values()})
-                    for array in arrays:
-                        self._job(self.folder, array).cancel(check=False)
+                    waiting = [key for key in pending if key in dependent]
+                    for key in waiting:
+                        pending[key].cancel(check=False)
                     raise JobsFailed(
                         f"the teachers' job {teacher_job.job_id} failed: {reason}\n    {_logs(teacher_job)}\n"
-                        f"Its {len(pending)} dependent run(s) were cancelled. Fix the cause and rerun the same "
+                        f"Its {len(waiting)} dependent run(s) were cancelled. Fix the cause and rerun the same "
                         "command: a finished teacher is reused, an interrupted one continues, and the runs are "
                         "submitted again.")
                 teacher_job = None
