@@ -41,7 +41,7 @@ import sys
 import time
 import warnings
 
-from ..config import FIELD_NAMES, build_config, list_presets
+from ..config import FIELD_NAMES, TrainConfig, build_config, list_presets
 from ..methods import get_method
 from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
@@ -238,7 +238,7 @@ class PlannedRun:
 
     method: str
     seed: int
-    config: object
+    config: TrainConfig
     teachers: dict
     reuse: bool = True
 
