@@ -86,7 +86,10 @@ setup(
         "autoattack": ["pyautoattack==0.2.0"],
         "export": ["onnx", "onnxruntime", "safetensors"],
         "tensorboard": ["tensorboard"],  # --tensorboard true
-        "dev": ["pytest", "pyautoattack==0.2.0", "onnx", "onnxruntime", "safetensors", "tensorboard"],
+        "cluster": ["submitit>=1.5"],    # compare --launcher local | slurm
+        "wandb": ["wandb"],              # --wandb true
+        "dev": ["pytest", "pyautoattack==0.2.0", "onnx", "onnxruntime", "safetensors", "tensorboard", "submitit>=1.5",
+                "wandb"],
     },
     entry_points={"console_scripts": ["ciard-fast=ciard_fast.cli:main"]},
     classifiers=[

@@ -95,6 +95,13 @@ class TrainConfig:
     log_every: int = 10                    # steps between progress/log updates (each is one host sync)
     plot: bool = True                      # curves.png in the run folder at the end
     tensorboard: bool = False              # also write every logged scalar to <out_dir>/tensorboard (extra [tensorboard])
+    wandb: bool = dataclasses.field(default=False, metadata={
+        "group": "run", "help": "also log every scalar of metrics.jsonl, the config and the final table to Weights & "
+                                "Biases (extra [wandb]; WANDB_MODE=offline writes <out_dir>/wandb/ only)"})
+    wandb_project: str = dataclasses.field(default="ciard-fast", metadata={
+        "group": "run", "help": "the Weights & Biases project of --wandb true"})
+    wandb_group: Optional[str] = dataclasses.field(default=None, metadata={
+        "group": "run", "help": "the Weights & Biases group of the run (compare: default the comparison folder's name)"})
     # -- performance (all harmless on CPU) ------------------------------------------------------
     precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
     channels_last: Optional[bool] = None   # None: on for CUDA
@@ -405,6 +412,10 @@ def validate_config(config):
     for name in ("student_normalize", "robust_teacher_normalize", "clean_teacher_normalize"):
         if getattr(config, name) == "":
             raise ValueError(f"{name} is an empty string; give true, false or a dataset-statistics name")
+    for name in ("wandb_project", "wandb_group"):  # names W&B accepts (it refuses these characters)
+        value = getattr(config, name)
+        if value is not None and (not value.strip() or any(c in value for c in "/\\#?%:")):
+            raise ValueError(f"{name}={value!r}: give a non-empty name without any of / \\ # ? % :")
 
 
 def _check_robustbench_teachers(config):

@@ -290,3 +290,45 @@ def test_a_single_run_and_compares_seed_run_agree(tmp_path):
     result = compare("ciard", preset=None, out_dir=str(tmp_path / "cmp"), seeds=[0],
                      **{k: v for k, v in tiny.items() if k not in ("method", "out_dir")})
     assert {k: result.runs["ciard"][0][k] for k in fresh.metrics} == fresh.metrics
+
+
+def test_an_interrupted_run_continues_exactly_when_the_comparison_is_run_again(tmp_path, monkeypatch, capsys):
+    """SIGTERM inside a run's epoch (a preemption): the run writes its mid-epoch last.pt; running
+    the same comparison again continues that run from it (not from scratch) to the very same
+    numbers and weights as an uninterrupted comparison."""
+    import signal
+
+    import torch
+
+    from ciard_fast.engine import trainer as trainer_module
+    from ciard_fast.engine.checkpoint import load_checkpoint
+    from ciard_fast.engine.signals import RunInterrupted
+
+    settings = dict(preset=None, seeds="0,1", **{**TINY, "epochs": 2})  # 2 steps an epoch
+    full = compare("natural", out_dir=str(tmp_path / "full"), **settings)
+    real, count = trainer_module.step_update, [0]
+
+    def update(*args):
+        real(*args)
+        count[0] += 1
+        if count[0] == 4 + 3:  # seed 0's 4 steps, then seed 1's epoch 2, its 1st step
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with monkeypatch.context() as patch, pytest.raises(RunInterrupted):
+        patch.setattr(trainer_module, "step_update", update)
+        compare("natural", out_dir=str(tmp_path / "cut"), **settings)
+    state = load_checkpoint(tmp_path / "cut" / "natural" / "seed-1" / "last.pt")
+    assert state["epoch"] == 1 and state["mid_epoch"]["steps"] == 1
+    stamp = os.path.getmtime(tmp_path / "cut" / "natural" / "seed-0" / "last.pt")
+    capsys.readouterr()
+    again = compare("natural", out_dir=str(tmp_path / "cut"), **settings)
+    assert "natural seed 1: continuing the interrupted run from" in capsys.readouterr().err
+    # continued, not retrained: epoch 1 is the interrupted attempt's own (its measured seconds)
+    history = load_checkpoint(tmp_path / "cut" / "natural" / "seed-1" / "last.pt")["history"]
+    assert history[0] == state["history"][0] and len(history) == 2
+    assert os.path.getmtime(tmp_path / "cut" / "natural" / "seed-0" / "last.pt") == stamp  # reused
+    drop = ("train_seconds", "images_per_s", "wall_seconds", "out_dir")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in again.runs["natural"]] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in full.runs["natural"]]
+    a, b = (load_checkpoint(tmp_path / name / "natural" / "seed-1" / "last.pt")["student"] for name in ("full", "cut"))
+    assert all(torch.equal(a[k], b[k]) for k in a)

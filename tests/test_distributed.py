@@ -3,6 +3,7 @@ step, agree with one process on the same global batch (so the push mask, λ, τ 
 statistics), and a 2-rank checkpoint must resume in 1 process."""
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -136,3 +137,77 @@ def test_train_on_two_ranks_then_resume_on_one(tmp_path):
     result = ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))  # one process
     assert [row["epoch"] for row in result.history] == [1, 2]
     assert "clean" in result.metrics
+
+
+def _worker_signalled(rank, world_size, port, overrides, signal_rank, out_dir):
+    """Train; on rank `signal_rank` only, a real SIGTERM after its 3rd step (None: no signal)."""
+    import json
+    import signal
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    import ciard_fast
+    from ciard_fast.engine import distributed, trainer
+    from ciard_fast.engine.signals import RunInterrupted
+
+    if rank == signal_rank:
+        real, count = trainer.step_update, [0]
+
+        def update(*args):
+            real(*args)
+            count[0] += 1
+            if count[0] == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        trainer.step_update = update
+    distributed.reset_context()
+    outcome = {"rank": rank}
+    try:
+        ciard_fast.train(**overrides)
+    except RunInterrupted as stop:
+        outcome.update(stopped_at=stop.step, signum=stop.signum)
+    with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as f:
+        json.dump(outcome, f)
+    dist.destroy_process_group()
+    distributed.reset_context()
+
+
+def spawn_within(seconds, fn, args, nprocs=2):
+    """mp.spawn that fails (and ends its processes) instead of hanging when ranks deadlock."""
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.time() + seconds
+    while not context.join(timeout=1):
+        if time.time() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the ranks did not finish within {seconds} s (a collective some rank never joined?)")
+
+
+def test_a_signal_on_one_rank_stops_every_rank_at_the_same_step_and_the_resume_is_exact(tmp_path):
+    """SLURM or torchrun may signal the ranks of a job a step apart: the ranks agree on the flag
+    every log_every steps, stop at the same step (none waits in a collective the others skip), rank
+    0 writes the mid-epoch checkpoint, and a resume on two ranks ends where an uninterrupted run
+    does."""
+    import json
+
+    from ciard_fast.engine.checkpoint import load_checkpoint
+
+    # 160 training images, global batch 32 over 2 ranks: 5 steps an epoch; ranks agree every 2
+    base = dict(method="natural", dataset="synthetic", dataset_args={"num_samples": 192, "num_test": 32,
+                                                                     "image_size": 16},
+                val_size=32, student="small_cnn", student_args={"width": 4}, epochs=2, batch_size=32, log_every=2,
+                eval_pgd_steps=1, test_attacks=("clean",), test_n=16, progress=False, plot=False, device="cpu",
+                compare_natural_student=False)
+    full = dict(base, out_dir=str(tmp_path / "full"))
+    spawn_within(300, _worker_signalled, (2, free_port(), full, None, str(tmp_path)))
+    cut = dict(base, out_dir=str(tmp_path / "cut"))
+    spawn_within(300, _worker_signalled, (2, free_port(), cut, 1, str(tmp_path)))
+    outcomes = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert [o.get("stopped_at") for o in outcomes] == [4, 4]  # rank 1's signal after step 3, agreed at 4
+    state = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert state["epoch"] == 0 and state["mid_epoch"]["steps"] == 4
+    resumed = dict(base, resume=str(tmp_path / "cut" / "last.pt"))
+    spawn_within(300, _worker_signalled, (2, free_port(), resumed, None, str(tmp_path)))
+    a, b = (load_checkpoint(tmp_path / name / "last.pt") for name in ("full", "cut"))
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    assert all(torch.equal(a["student"][k], b["student"][k]) for k in a["student"])

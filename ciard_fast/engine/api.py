@@ -274,6 +274,7 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
         write_run_card(result, student, splits)  # model_card.json/.md: the run's card (engine/model_card.py)
     if config.plot and run_state.history and dist.is_main:
         plot_curves(run_state.history, os.path.join(out_dir, "curves.png"))
+    trainer.close_tracker(result)  # W&B: the final table, then the run is finished
     dist.barrier()
     return result
 

@@ -76,7 +76,8 @@ def set_rng_state(state):
 # Config keys that change what a run shows, logs or how it may reuse its folder, never its numbers:
 # a cached teacher / natural-student run, or a comparison's run, that differs only in them is
 # reused (or continued).
-RESULT_NEUTRAL = ("progress", "plot", "tensorboard", "log_every", "overwrite", "checkpoint_every_steps")
+RESULT_NEUTRAL = ("progress", "plot", "tensorboard", "log_every", "overwrite", "checkpoint_every_steps",
+                  "wandb", "wandb_project", "wandb_group")
 
 
 def same_run_config(saved, config, ignore=()):

@@ -7,10 +7,41 @@ saved as compare.json, compare.md and compare.csv (+ comparison.png, per_attack.
 folder. Any other `--key value` sets a
 TrainConfig field for every method or an option of the methods that have it (e.g. `--epochs 5`,
 `--tau 10`).
+
+`--launcher local|slurm` runs each (method, seed) run as its own job through submitit (the
+[cluster] extra; `engine/launchers.py`): `local` on this machine, `--max_parallel` at a time;
+`slurm` as one SLURM job array after a job that trains the teachers, with the `--slurm_*` options
+(`engine/slurm.py`). `--no_wait` (slurm) submits and returns; the same command later collects.
 """
+import sys
+
 from ..config import list_presets
 
 ACCEPTS_EXTRA = True
+
+
+def parse_bool(text):
+    """'true'/'false' (and yes/no, 1/0, on/off) -> bool, for `--flag true|false`."""
+    value = str(text).strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    import argparse
+
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_sbatch_option(text):
+    """'constraint=a100' -> ('constraint', 'a100'); 'exclusive' -> ('exclusive', True)."""
+    key, eq, value = str(text).partition("=")
+    key = key.strip().lstrip("-")
+    if not key or (eq and not value.strip()):
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (or a bare KEY for a flag), e.g. constraint=a100; "
+                                         f"got {text!r}")
+    return key, value.strip() if eq else True
 
 
 def add_arguments(parser):
@@ -29,16 +60,72 @@ def add_arguments(parser):
                         help="start each method from '<preset>-<method>' when that preset exists (its paper's recipe)")
     parser.add_argument("--retrain", action="store_true",
                         help="train every method again even if its run in the output folder already finished")
+    cluster = parser.add_argument_group(
+        "where the runs execute (local and slurm need the [cluster] extra: pip install 'ciard-fast[cluster]')")
+    cluster.add_argument("--launcher", default="inline", choices=("inline", "local", "slurm"),
+                         help="inline (default): one run after the other in this process; local: each (method, seed) "
+                              "run its own process; slurm: one SLURM job array, after one job for the teachers. "
+                              "Jobs' files and logs: <out_dir>/jobs/")
+    cluster.add_argument("--max_parallel", "--max-parallel", type=int, default=None, metavar="N",
+                         help="local: runs at a time (default: one per GPU, each job on its own GPU; 1 without a GPU)")
+    cluster.add_argument("--no_wait", "--no-wait", type=parse_bool, nargs="?", const=True, default=False,
+                         metavar="true|false",
+                         help="slurm: submit the jobs and return; run the same command again to collect the table "
+                              "(finished runs are reused, failed or missing ones submitted again)")
+    slurm = parser.add_argument_group("SLURM (--launcher slurm)")
+    slurm.add_argument("--slurm_time", "--slurm-time", default=None, metavar="LIMIT",
+                       help="time limit of each job (required), e.g. 24:00:00 or 2-00:00:00; a run that reaches it "
+                            "writes a checkpoint and is requeued")
+    slurm.add_argument("--slurm_partition", "--slurm-partition", default=None, help="sbatch --partition")
+    slurm.add_argument("--slurm_gpus_per_job", "--slurm-gpus-per-job", type=int, default=None, metavar="N",
+                       help="GPUs of each run's job (default 1; one task per GPU, so N > 1 trains the run under DDP; "
+                            "0: CPU jobs)")
+    slurm.add_argument("--slurm_cpus_per_task", "--slurm-cpus-per-task", type=int, default=None, metavar="N",
+                       help="sbatch --cpus-per-task")
+    slurm.add_argument("--slurm_mem", "--slurm-mem", default=None, help="sbatch --mem (per node), e.g. 32G")
+    slurm.add_argument("--slurm_account", "--slurm-account", default=None, help="sbatch --account")
+    slurm.add_argument("--slurm_qos", "--slurm-qos", default=None, help="sbatch --qos")
+    slurm.add_argument("--slurm_array_parallelism", "--slurm-array-parallelism", type=int, default=None,
+                       metavar="N", help="at most N runs of the array at a time (default: submitit's 256)")
+    slurm.add_argument("--slurm_max_timeouts", "--slurm-max-timeouts", type=int, default=None, metavar="N",
+                       help="requeues of a job after its time limit (default 3; preemptions do not count)")
+    slurm.add_argument("--slurm_option", "--slurm-option", type=parse_sbatch_option, action="append", default=[],
+                       metavar="KEY=VALUE",
+                       help="any other sbatch option, repeatable: --slurm_option constraint=a100 --slurm_option "
+                            "exclusive")
     parser.epilog = "Any other --key value pair sets a TrainConfig field or a method option (e.g. --epochs 5)."
+
+
+SLURM_ARGS = ("time", "partition", "gpus_per_job", "cpus_per_task", "mem", "account", "qos", "array_parallelism",
+              "max_timeouts")
+
+
+def slurm_options(args):
+    """The --slurm_* options given -> a dict of SlurmOptions fields (None when none was given)."""
+    given = {name: getattr(args, f"slurm_{name}") for name in SLURM_ARGS if getattr(args, f"slurm_{name}") is not None}
+    if args.slurm_option:
+        given["options"] = dict(args.slurm_option)
+    return given or None
 
 
 def run(args):
     from .cli_train import parse_extra
     from .compare import compare
+    from .launchers import JobsFailed
 
     overrides = parse_extra(getattr(args, "extra", []), None)
-    result = compare(args.methods, preset=args.preset, config_file=args.config, aa=args.aa,
-                     per_method_presets=args.per_method_presets, reuse=not args.retrain, seeds=args.seeds,
-                     baseline=args.baseline, **overrides)
+    slurm = slurm_options(args)
+    if args.launcher == "slurm" and slurm is None:
+        slurm = {}  # SlurmOptions says which option is missing
+    try:
+        result = compare(args.methods, preset=args.preset, config_file=args.config, aa=args.aa,
+                         per_method_presets=args.per_method_presets, reuse=not args.retrain, seeds=args.seeds,
+                         baseline=args.baseline, launcher=args.launcher, max_parallel=args.max_parallel, slurm=slurm,
+                         wait=not args.no_wait, **overrides)
+    except JobsFailed as exc:  # each failed run with its job and log, and how to continue
+        print(f"ciard-fast compare: error: {exc}", file=sys.stderr)
+        return 1
+    if result is None:  # --no_wait: the jobs are queued or running
+        return 0
     print(f"results: {result.out_dir}/compare.md, {result.out_dir}/compare.json, {result.out_dir}/compare.csv")
     return 0

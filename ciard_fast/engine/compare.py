@@ -20,10 +20,19 @@ Layout of `out_dir` (default `runs/compare-<preset>`):
                                         attack (`ciard_fast/plots.py`; when the config's `plot`)
 
 A run whose folder already holds a finished run with the very same config is not trained again
-(its row is read back), so an interrupted comparison resumes where it stopped.
+(its row is read back), and a run that was interrupted continues exactly from its `last.pt`, so an
+interrupted comparison resumes where it stopped.
+
+Where the runs execute (`launcher`, `engine/launchers.py`): "inline" (default) one after the
+other in this process; "local" each (method, seed) run as its own process through submitit,
+`max_parallel` at a time; "slurm" one SLURM job array (`engine/slurm.py`), after a job that trains
+the teachers. Their jobs' files and logs go to `<out_dir>/jobs/`; the table is collated from the
+runs' rows exactly as inline.
 """
 import csv
 import dataclasses
+import functools
+import hashlib
 import io
 import json
 import numbers
@@ -32,15 +41,15 @@ import sys
 import time
 import warnings
 
-from ..config import FIELD_NAMES, build_config, list_presets
+from ..config import FIELD_NAMES, TrainConfig, build_config, list_presets
 from ..methods import get_method
 from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
-from . import stats
+from . import launchers, stats
 from ..models import robustbench
 from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
-                       teacher_spec, weights_file)
+                       teacher_run_config, teacher_spec, weights_file)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
@@ -48,7 +57,7 @@ _ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "stude
 # What every method shares with the base config even when it starts from its own preset: the data,
 # the seed, the evaluation, and the teachers' architecture (their weights are shared).
 SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps",
-          "test_n") + TEACHER_ARCHITECTURE_FIELDS
+          "test_n", "wandb_group") + TEACHER_ARCHITECTURE_FIELDS
 # What compare sets on each method's run; every other field comes from the method's parent config
 # (the base config, or its own preset with the same user fields and the SHARED ones).
 METHOD_RUN_OVERRIDES = ("method", "method_args", "out_dir", "test_attacks", "compare_natural_student", "lr",
@@ -106,8 +115,10 @@ class CompareResult:
 
 
 def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, per_method_presets=False,
-            reuse=True, seeds=None, baseline=None, **overrides):
-    """Train every method in `methods` on the same data and teachers, once per seed; return a CompareResult.
+            reuse=True, seeds=None, baseline=None, launcher="inline", max_parallel=None, slurm=None, wait=True,
+            **overrides):
+    """Train every method in `methods` on the same data and teachers, once per seed; return a CompareResult
+    (with `wait=False` and runs still queued or running: None).
 
     Args:
         methods: names (a list or a comma-separated string) from `ciard_fast.methods.list_methods()`,
@@ -128,6 +139,16 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             given) and the train/validation split (`split_seed`, default the config's `seed`) are
             the same for every seed.
         baseline: the method every other one is compared with, seed by seed (default: the first).
+        launcher: where the runs execute (`engine/launchers.py`): "inline" (default: one after the
+            other in this process), "local" (each run its own process through submitit, at most
+            `max_parallel` at a time; the teachers first, in this process) or "slurm" (one SLURM job
+            array through submitit, after one job that trains the teachers). Job files and logs:
+            <out_dir>/jobs/. local and slurm need the optional package submitit ([cluster]).
+        max_parallel: local: runs at a time (default: one per GPU, or 1 without a GPU).
+        slurm: slurm: a `SlurmOptions` or a dict of its fields (time is required), e.g.
+            dict(partition="gpu", gpus_per_job=1, time="24:00:00", options={"constraint": "a100"}).
+        wait: slurm: wait for the jobs and collate (default); False: submit and return None; the
+            same call later collates what finished and resubmits only what is missing or failed.
         **overrides: TrainConfig fields for every method, and method options (each goes to the
             methods that have it), e.g. epochs=5, T_push=3, tau=10.
     """
@@ -142,11 +163,14 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
         raise ValueError(f"baseline {baseline!r} is not one of the compared methods ({', '.join(names)}); "
                          f"pick one of them or leave it out (default: the first)")
     fields, options = _split_overrides(overrides, names)
+    launch = launchers.make_launcher(launcher, max_parallel=max_parallel, slurm=slurm, wait=wait)  # before any work
     base = build_config(preset=preset, config_file=config_file, overrides=fields)
     seeds = parse_seeds(seeds, base.seed)
     out_dir = out_dir or os.path.join("runs", f"compare-{preset or base.dataset}")
     split_seed = base.seed if base.split_seed is None else base.split_seed
     base = base.replace(out_dir=out_dir, compare_natural_student=False, split_seed=split_seed)
+    if base.wandb and base.wandb_group is None:  # every run of the comparison in one W&B group
+        base = base.replace(wandb_group=os.path.basename(os.path.abspath(out_dir)))
 
     notes = []
     attacks = list(base.test_attacks)
@@ -159,27 +183,34 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             warnings.warn(notes[-1], stacklevel=2)
 
     needed = {name: needed_teachers(name) for name in names}
-    # kind -> (weights file, its normalisation), for the teachers some method needs
-    teacher_inputs = {kind: _teacher_weights(base, kind, out_dir) for kind in TEACHER_KINDS
-                      if any(kind in kinds for kinds in needed.values())}
+    kinds = tuple(kind for kind in TEACHER_KINDS if any(kind in k for k in needed.values()))
+    # kind -> (weights file, its normalisation), for the teachers some method needs: the given
+    # file, or the one trained once under <out_dir>/teachers/ (by prepare_teachers, below)
+    teacher_inputs = {kind: teacher_file(base, kind, out_dir) for kind in kinds}
     teachers = {kind: path for kind, (path, _) in teacher_inputs.items()}
 
-    bar = run_bar(len(names) * len(seeds), enabled=base.progress)
-    runs = {}
+    plan = []
     for name in names:
-        runs[name] = []
         for seed in seeds:
             config = method_config(base, name, preset_for(preset, name, per_method_presets), preset, config_file,
                                    fields, {k: v for k, v in options.items() if k in _option_names(name)},
                                    {kind: teacher_inputs[kind] for kind in needed[name]},
                                    os.path.join(out_dir, name, f"seed-{seed}"), attacks, seed, split_seed)
             # a teacher retrained under the same path makes the old rows stale: its file time counts
-            used = {kind: os.path.getmtime(weights_file(teachers[kind], base)) for kind in needed[name]
+            used = {kind: weights_file(teachers[kind], base) for kind in needed[name]
                     if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
-            bar.set_description(f"compare {name} seed {seed}")
-            runs[name].append({**_run_method(config, reuse, used), "seed": seed})
-            bar.update(1)
-    bar.close()
+            plan.append(PlannedRun(method=name, seed=seed, config=config, teachers=used, reuse=reuse))
+
+    if launch is None:  # inline: the teachers, then every run, one after the other in this process
+        prepare_teachers(base, kinds, out_dir)
+        rows = _run_inline(plan, base.progress)
+    else:
+        rows = launch.run(plan, execute=run_planned, finished=finished_row, out_dir=out_dir,
+                          prepare_teachers=functools.partial(prepare_teachers, base, kinds, out_dir),
+                          teachers_ready=functools.partial(teachers_ready, base, kinds, out_dir))
+        if rows is None:  # wait=False and runs still queued or running
+            return None
+    runs = {name: [{**rows[run.key], "seed": run.seed} for run in plan if run.method == name] for name in names}
 
     result = CompareResult(out_dir=out_dir, methods=names, rows={}, teachers=teachers, config=base.to_dict(),
                            notes=notes, seeds=list(seeds), baseline=baseline, runs=runs)
@@ -191,8 +222,65 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
 
         plot_comparison(result, os.path.join(out_dir, "comparison.png"))
         plot_per_attack(result, os.path.join(out_dir, "per_attack.png"))
+    if base.wandb:
+        from .logs import log_comparison_to_wandb
+
+        log_comparison_to_wandb(result, csv_table(result), base)
     print(result.table)
     return result
+
+
+@dataclasses.dataclass
+class PlannedRun:
+    """One (method, seed) run of a comparison: its config (out_dir <out_dir>/<method>/seed-<s>),
+    `teachers` (kind -> weights file compare trained or was given: their file times stamp the
+    row, so a retrained teacher makes it stale) and whether a finished run may be reused.
+    Picklable: a cluster job gets it (`engine/cluster_job.py`)."""
+
+    method: str
+    seed: int
+    config: TrainConfig
+    teachers: dict
+    reuse: bool = True
+
+    @property
+    def key(self):
+        return f"{self.method}/seed-{self.seed}"
+
+    @property
+    def digest(self):
+        """A short hash of everything that makes the run's numbers (not its teachers' file times)."""
+        wanted = json.loads(json.dumps({"config": self.config.to_dict(), "teachers": None}))
+        return hashlib.sha256(json.dumps(_reuse_key(wanted), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _teacher_times(run):
+    return {kind: os.path.getmtime(path) for kind, path in run.teachers.items()}
+
+
+def run_planned(run):
+    """Train (or read back, or continue) one planned run; its row. What every launcher executes,
+    in this process (inline) or in the run's job."""
+    return _run_method(run.config, run.reuse, _teacher_times(run))
+
+
+def finished_row(run):
+    """The row of `run` when its folder holds it for the very same config and teachers, else None
+    (whatever `run.reuse` says: launchers read back the rows their jobs wrote)."""
+    if not all(os.path.isfile(path) for path in run.teachers.values()):
+        return None
+    return _saved_row(run.config, _teacher_times(run))
+
+
+def _run_inline(plan, progress):
+    bar = run_bar(len(plan), enabled=progress)
+    rows = {}
+    for run in plan:
+        bar.set_description(f"compare {run.method} seed {run.seed}")
+        rows[run.key] = run_planned(run)
+        bar.update(1)
+    bar.close()
+    return rows
 
 
 def parse_seeds(seeds, default):
@@ -337,23 +425,55 @@ def _autoattack_available():
     return True
 
 
-def _teacher_weights(base, kind, out_dir):
-    """(weights file, normalisation) of the robust/clean teacher: the config's own path and
-    normalisation setting, or the teacher trained once under <out_dir>/teachers/<kind>/ (reused
-    when it finished with the same config) with the normalisation it was trained with."""
+def teacher_file(base, kind, out_dir):
+    """(weights file, normalisation) of the robust/clean teacher, without training anything: the
+    config's own path and normalisation setting, or <out_dir>/teachers/<kind>.pt, where
+    `prepare_teachers` puts the teacher it trains once, with the normalisation it is trained with."""
     spec = teacher_spec(base, kind)
     if spec.weights:
         # a robustbench:<name> teacher brings its own normalisation: the config's setting is passed on as it is
         own = getattr(base, TEACHER_FIELDS[kind]["normalize"]) if robustbench.is_reference(spec.weights) else None
         return spec.weights, spec.normalize if own is None else own
+    return os.path.join(out_dir, "teachers", f"{kind}.pt"), spec.normalize
+
+
+def prepare_teachers(base, kinds, out_dir):
+    """Make the teachers of `kinds` ready for the runs: each given file is checked, each other one
+    trained under <out_dir>/teachers/<kind>/ (reused when it finished with the same config,
+    continued when it was interrupted) and its weights written to `teacher_file`. What the
+    teachers' job of `--launcher slurm` executes."""
+    return {kind: _teacher_weights(base, kind, out_dir) for kind in kinds}
+
+
+def teachers_ready(base, kinds, out_dir):
+    """True when `prepare_teachers` has nothing left to train: every teacher is a given file or a
+    finished run of the same config whose weights file is up to date."""
+    for kind in kinds:
+        spec = teacher_spec(base, kind)
+        if spec.weights:
+            continue
+        config = teacher_run_config(spec, base)
+        cached = os.path.join(config.resolved_out_dir(), "last.pt")
+        weights = teacher_file(base, kind, out_dir)[0]
+        if not (ckpt.is_finished_run(cached, config) and os.path.isfile(weights)
+                and os.path.getmtime(weights) >= os.path.getmtime(cached)):
+            return False
+    return True
+
+
+def _teacher_weights(base, kind, out_dir):
+    """`teacher_file`, trained first when compare trains that teacher (reused when it finished
+    with the same config)."""
+    weights, normalize = teacher_file(base, kind, out_dir)
+    spec = teacher_spec(base, kind)
+    if spec.weights:
+        return weights, normalize
     cached = ensure_teacher(spec, base)  # out_dir/teachers/<kind>/last.pt, as train() would make it
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).
-    weights = os.path.join(out_dir, "teachers", f"{kind}.pt")
-    state = ckpt.eval_weights(ckpt.load_checkpoint(cached))
     if not (os.path.isfile(weights) and os.path.getmtime(weights) >= os.path.getmtime(cached)):
-        save_torch_atomic(state, weights)
-    return weights, spec.normalize
+        save_torch_atomic(ckpt.eval_weights(ckpt.load_checkpoint(cached)), weights)
+    return weights, normalize
 
 
 def _reuse_key(entry):
@@ -370,23 +490,52 @@ def _say(message):
     tqdm.write(message, file=sys.stderr)
 
 
+def _wanted(config, teacher_times):
+    # tuples -> lists, as they read back from JSON
+    return json.loads(json.dumps({"config": config.to_dict(), "teachers": teacher_times}))
+
+
+def _saved_row(config, teacher_times):
+    """The row saved in the run's folder for this very config and these teachers, else None."""
+    row_path = os.path.join(config.resolved_out_dir(), ROW_FILE)
+    if not os.path.isfile(row_path):
+        return None
+    with open(row_path, encoding="utf-8") as f:
+        saved = json.load(f)
+    return saved["row"] if _reuse_key(saved) == _reuse_key(_wanted(config, teacher_times)) else None
+
+
+def _continuable(config, teacher_times):
+    """The run's last.pt when it can be continued exactly: a checkpoint of this very config (an
+    interrupted run, or a finished one whose row was never written), newer than the teachers'
+    files it was trained from; else None."""
+    path = os.path.join(config.resolved_out_dir(), "last.pt")
+    if not (ckpt.is_interrupted_run(path, config) or ckpt.is_finished_run(path, config)):
+        return None
+    return path if all(os.path.getmtime(path) >= t for t in teacher_times.values()) else None
+
+
 def _run_method(config, reuse, teacher_times):
-    """Train (or read back) one method; its row of the table."""
+    """Train (or read back, or continue from its last.pt) one method; its row of the table."""
     from .api import train
 
     row_path = os.path.join(config.resolved_out_dir(), ROW_FILE)
-    # tuples -> lists, as they read back from JSON
-    wanted = json.loads(json.dumps({"config": config.to_dict(), "teachers": teacher_times}))
-    if reuse and os.path.isfile(row_path):
-        with open(row_path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if _reuse_key(saved) == _reuse_key(wanted):
+    wanted = _wanted(config, teacher_times)
+    if reuse:
+        row = _saved_row(config, teacher_times)
+        if row is not None:
             _say(f"[compare] {config.method} seed {config.seed}: reusing the finished run in "
                  f"{config.resolved_out_dir()}")
-            return saved["row"]
-    _say(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)")
+            return row
+    last = _continuable(config, teacher_times) if reuse else None
     start = time.perf_counter()
-    result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
+    if last is not None:
+        _say(f"[compare] {config.method} seed {config.seed}: continuing the interrupted run from {last}")
+        # the run's own saved config, with this comparison's result-neutral settings (progress, logs)
+        result = train(resume=last, **{k: getattr(config, k) for k in ckpt.RESULT_NEUTRAL if k != "overwrite"})
+    else:
+        _say(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)")
+        result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
     wall = time.perf_counter() - start
     seconds = sum(r.get("train_seconds", 0.0) for r in result.history)
     images = sum(r.get("train_seconds", 0.0) * r.get("train_images_per_s", 0.0) for r in result.history)

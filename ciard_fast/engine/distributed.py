@@ -107,6 +107,15 @@ class DistContext:
         if self.enabled:
             dist.barrier()
 
+    def max_int(self, value, device):
+        """The largest of the ranks' integers `value` (one small all-reduce and a host read), for
+        a decision every rank must take at the same step, such as stopping on a signal that only
+        some ranks have received yet."""
+        if not self.enabled:
+            return value
+        tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def broadcast_object(self, obj):
         """Rank 0's Python object on every rank (e.g. the run folder rank 0 claimed)."""

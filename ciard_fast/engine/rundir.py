@@ -31,8 +31,8 @@ LOCK_NAME = "run.lock"
 # Everything a run writes into its folder: an overwritten run leaves none of the earlier one's
 # files behind (a crash of the new run must not leave the old model card or table beside it).
 RUN_FILES = ("last.pt", "best.pt", "results.json", "results.md", "metrics.csv", "metrics.jsonl", "curves.png",
-             "model_card.json", "model_card.md", "teachers.json", "compare_row.json")
-RUN_DIRS = ("tensorboard",)
+             "model_card.json", "model_card.md", "teachers.json", "compare_row.json", "wandb_run.json")
+RUN_DIRS = ("tensorboard", "wandb")
 CACHE_DIRS = ("teachers", "natural_student")
 
 

@@ -6,12 +6,17 @@ the trainer checks after every optimiser step; it then writes a mid-epoch ``last
 :class:`RunInterrupted`, which the CLI turns into the exact resume command and exit status
 128 + signal (143 for SIGTERM, 130 for SIGINT). A second Ctrl-C while the checkpoint is written
 interrupts at once (the default handler is restored after the first).
+
+A cluster job adds the scheduler's own warning signal (`graceful_stop(also=(signal.SIGUSR2,))`,
+SLURM's signal before a time limit or a preemption, see `engine/cluster_job.py`): it takes the
+same path, and the job requeues itself once the checkpoint is on disk.
 """
 import contextlib
 import signal
 import threading
 
-_STOP = {"signum": None}
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_STOP = {"signum": None, "signals": STOP_SIGNALS}
 
 
 class RunInterrupted(Exception):
@@ -54,14 +59,14 @@ def stop_at_once(checkpoint, epoch, step):
 
     if _STOP["signum"] is not None:
         raise RunInterrupted(_STOP["signum"], checkpoint, epoch, step)
-    with _handling(handler):
+    with _handling(handler, _STOP["signals"]):
         yield
 
 
 @contextlib.contextmanager
-def _handling(handler):
-    """`handler` for SIGTERM and SIGINT within the block; the previous handlers after it."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+def _handling(handler, signums=STOP_SIGNALS):
+    """`handler` for `signums` (SIGTERM and SIGINT) within the block; the previous handlers after it."""
+    previous = {s: signal.getsignal(s) for s in signums}
     try:
         for s in previous:
             signal.signal(s, handler)
@@ -83,18 +88,21 @@ def _handler(signum, frame):
 
 
 @contextlib.contextmanager
-def graceful_stop():
-    """Within the block, SIGTERM and SIGINT request a stop instead of killing the process.
+def graceful_stop(also=()):
+    """Within the block, SIGTERM and SIGINT (and the signals in `also`, e.g. a scheduler's
+    SIGUSR2) request a stop instead of killing the process.
 
-    Nested use is a no-op (a teacher run inside a student run shares the outer handlers). Only the
-    main thread can install handlers; elsewhere the block changes nothing.
+    Nested use is a no-op (a teacher run inside a student run, or a run inside a cluster job,
+    shares the outer handlers). Only the main thread can install handlers; elsewhere the block
+    changes nothing.
     """
     if threading.current_thread() is not threading.main_thread() or _STOP.get("installed"):
         yield
         return
-    _STOP.update(signum=None, installed=True)
+    signums = STOP_SIGNALS + tuple(s for s in also if s not in STOP_SIGNALS)
+    _STOP.update(signum=None, installed=True, signals=signums)
     try:
-        with _handling(_handler):
+        with _handling(_handler, signums):
             yield
     finally:
-        _STOP.update(signum=None, installed=False)
+        _STOP.update(signum=None, installed=False, signals=STOP_SIGNALS)

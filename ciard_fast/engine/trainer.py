@@ -37,7 +37,7 @@ from .distributed import DistContext, unwrap
 from .divergence import FiniteMonitor, check_finite_weights
 from .signals import RunInterrupted, stop_requested
 from ..attacks.graphs import GraphCache, cuda_graphs
-from .logs import Progress, TensorBoardLog, write_history
+from .logs import Progress, TensorBoardLog, WandbLog, write_history
 from .optim import RunOptimizers
 from .validation import correct_clean_and_pgd
 
@@ -120,6 +120,8 @@ class Trainer:
         self.progress = Progress(config.progress and self.is_main, prefix=progress_prefix)
         self.tensorboard = (TensorBoardLog(os.path.join(out_dir, "tensorboard"))
                             if config.tensorboard and self.is_main else None)
+        # the same rows on Weights & Biases; left open by fit() for the final table (close_tracker)
+        self.wandb = WandbLog(config, out_dir) if config.wandb and self.is_main else None
 
     @property
     def optimizer(self) -> torch.optim.Optimizer:
@@ -209,11 +211,21 @@ class Trainer:
         """Train from the current state to `config.epochs` (or `stop_after`); returns the RunState."""
         try:
             return self._fit()
+        except BaseException:
+            self.close_tracker(failed=True)
+            raise
         finally:
             if self.graphs is not None:
                 self.graphs.release()  # graphs pin the student's tensors and a memory pool
             if self.tensorboard is not None:
                 self.tensorboard.close()
+
+    def close_tracker(self, result=None, failed=False):
+        """Finish the W&B run (if any), first with the final test table of `result` (a TrainResult)."""
+        if self.wandb is not None:
+            if result is not None and result.comparison:
+                self.wandb.write_results(result.comparison, result.table, result.evaluated)
+            self.wandb.close(failed=failed)
 
     def _fit(self):
         config = self.config
@@ -227,8 +239,9 @@ class Trainer:
             self.state.epoch = epoch
             self.state.history.append(row)
             self.save(row)
-            if stop_requested():  # the signal came during validation or the save: the epoch is on disk
-                raise RunInterrupted(stop_requested(), self.last_path, epoch, self.state.step)
+            signum = self._agreed_stop()
+            if signum:  # the signal came during validation or the save: the epoch is on disk
+                raise RunInterrupted(signum, self.last_path, epoch, self.state.step)
         if self.state.epoch >= config.epochs:
             self._call("on_fit_end")
         return self.state
@@ -274,7 +287,7 @@ class Trainer:
             if steps % config.log_every == 0 or steps == num_steps:
                 self.monitor.check(epoch, self.state.step, lr, sums, steps, self.last_good())
                 self._show(epoch, steps, num_steps, sums, images, start)
-            signum = stop_requested()
+            signum = self._agreed_stop(steps, num_steps)
             if steps < num_steps and (signum or (every and self.state.step % every == 0)):
                 self.save_mid_epoch(epoch, lr, steps, sums, images, time.perf_counter() - start)
                 if signum:
@@ -296,6 +309,18 @@ class Trainer:
         row["train_seconds"] = seconds
         row["train_images_per_s"] = images * self.dist.world_size / max(seconds, 1e-9)
         return row
+
+    def _agreed_stop(self, steps=None, num_steps=None):
+        """The signal this run stops on after step `steps` of `num_steps` (None: after the epoch's
+        save), or None. In one process: the flag, read after every step. Under DDP every rank must
+        stop at the same step (else one waits in a collective the others never join), so the ranks
+        take the largest of their flags, every `log_every` steps (where the loop reads the host
+        anyway), at an epoch's last step and after its save."""
+        if not self.dist.enabled:
+            return stop_requested()
+        if steps is not None and steps % self.config.log_every and steps != num_steps:
+            return None
+        return self.dist.max_int(stop_requested() or 0, self.method.device) or None
 
     def _trained_modules(self) -> List[nn.Module]:
         networks = self.method.all_networks()
@@ -362,6 +387,7 @@ class Trainer:
                 ckpt.save_checkpoint(self.best_path, state)
             ckpt.save_checkpoint(self.last_path, state)
             write_history(self.out_dir, self.state.history)
-            if self.tensorboard is not None:
-                self.tensorboard.write(row)
+            for log in (self.tensorboard, self.wandb):
+                if log is not None:
+                    log.write(row)
         self.dist.barrier()  # no rank reads a checkpoint before rank 0 has finished writing it
