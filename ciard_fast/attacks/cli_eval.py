@@ -16,68 +16,53 @@ that run's did: its ``student_normalize`` (True, False, a ``DATASET_STATS`` name
 import argparse
 import os
 import sys
-from fractions import Fraction
 
 import torch
 
+from ..cli_options import add_option, fraction_in_unit_interval, nonnegative_int, positive_int
 from .checks import EvaluationCheckError
-from .columns import list_attacks
+from .columns import get_attack, list_attacks
 from .evaluate import ATTACKS
 
 __all__ = ["add_arguments", "run", "parse_eps", "positive_int", "read_checkpoint", "describe_normalization"]
 
 
-def parse_eps(text):
-    """'8/255' -> 0.0313..., '0.03' -> 0.03; argparse type (raises ArgumentTypeError)."""
-    try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixels in [0, 1]: 8/255, not 8), got {text!r}")
-    return value
-
-
-def positive_int(text):
-    """'3' -> 3; argparse type for counts (raises ArgumentTypeError below 1 or for a non-integer)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+# argparse types of the command line's one convention (`ciard_fast.cli_options`), under the names
+# other modules import them by
+parse_eps = fraction_in_unit_interval
 
 
 def add_arguments(parser):
-    parser.add_argument("--weights", required=True, metavar="PATH",
-                        help="state dict or checkpoint (.pt); a trainer checkpoint's 'student' is used")
-    parser.add_argument("--model", default=None,
-                        help="registered model name (default: the checkpoint config's student)")
-    parser.add_argument("--dataset", default=None,
-                        help="dataset name, e.g. cifar10 (default: the checkpoint config's dataset)")
-    parser.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: $CIARD_FAST_DATA)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
-    parser.add_argument("--attacks", default=",".join(ATTACKS),
-                        help=f"comma-separated columns from {','.join(list_attacks())} (default: "
-                             f"{','.join(ATTACKS)})")
-    parser.add_argument("--n", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
-    parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="model output classes (default: the dataset's)")
-    parser.add_argument("--normalize", default=None, metavar="{dataset,none,NAME}",
-                        help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "
-                             "input; or a name of published statistics (e.g. cifar10_legacy; see "
-                             "ciard_fast.models.DATASET_STATS). Default: the checkpoint config's setting, else none")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and AutoAttack")
-    parser.add_argument("--strict", action="store_true",
-                        help="raise on a failed sanity check (train mode, probabilities, PGD > FGSM ...)")
-    parser.add_argument("--aa-on-robust-only", action="store_true",
-                        help="run AutoAttack only on examples robust to every other column (faster)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    add_option(parser, "weights", required=True, metavar="PATH",
+               help="state dict or checkpoint (.pt); a trainer checkpoint's 'student' is used")
+    add_option(parser, "model", default=None, help="registered model name (default: the checkpoint config's student)")
+    add_option(parser, "dataset", default=None,
+               help="dataset name, e.g. cifar10 (default: the checkpoint config's dataset)")
+    add_option(parser, "data_root", "--root", default=None, metavar="DIR",
+               help="dataset folder (default: the checkpoint config's data_root, else $CIARD_FAST_DATA)")
+    add_option(parser, "split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
+    add_option(parser, "attacks", default=",".join(ATTACKS),
+               help=f"comma-separated columns from {','.join(list_attacks())} (default: {','.join(ATTACKS)})")
+    add_option(parser, "n", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
+    add_option(parser, "eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
+    add_option(parser, "batch_size", type=positive_int, default=256, help="images per batch (default 256)")
+    add_option(parser, "num_classes", type=positive_int, default=None,
+               help="model output classes (default: the dataset's)")
+    add_option(parser, "normalize", default=None, metavar="{dataset,none,NAME}",
+               help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "
+                    "input; or a name of published statistics (e.g. cifar10_legacy; see "
+                    "ciard_fast.models.DATASET_STATS). Default: the checkpoint config's setting, else none")
+    add_option(parser, "json", default=None, metavar="PATH", help="also write the report as JSON")
+    add_option(parser, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_option(parser, "seed", type=nonnegative_int, default=0, help="seed of the random starts and AutoAttack")
+    add_option(parser, "strict", flag=True,
+               help="raise on a failed sanity check (train mode, probabilities, PGD > FGSM ...)")
+    add_option(parser, "aa_on_robust_only", flag=True,
+               help="run AutoAttack only on examples robust to every other column (faster)")
+    add_option(parser, "progress", flag=True, default=True, help="progress line on stderr (default true)")
+    # the earlier spelling of --progress false
+    parser.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false",
+                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -87,14 +72,11 @@ def read_checkpoint(path):
     Our trainer stores ``{"student": state_dict, "config": {...}}``; anything else is passed on to
     ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weights file at {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read {path!r} as a tensor checkpoint (torch.load with weights_only=True "
-                         f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}); if you trust the file, "
-                         f"re-save its state_dict with torch.save") from err
+    from ..models.weights import read_tensor_file
+
+    state = read_tensor_file(path, what="weights file",
+                             fix="give a state dict or a checkpoint of ciard-fast train (copy or download it again "
+                                 "if it was cut short)")
     config = None
     if isinstance(state, dict) and "student" in state and isinstance(state["student"], dict):
         config = state.get("config") if isinstance(state.get("config"), dict) else None
@@ -141,7 +123,19 @@ def run(args):
     from ..models.normalization import resolve_normalization
     from .evaluate import evaluate
 
+    from ..engine.precision import resolve_device
+    from ..outputs import check_output_file
+
     try:
+        if args.json:  # before the evaluation, not after it
+            check_output_file(args.json, option="--json", reads=(args.weights,))
+        device = resolve_device(args.device or "auto")  # a device that is not there: one line, first
+        attacks = [a.strip() for a in args.attacks.split(",") if a.strip()]
+        if not attacks:
+            raise ValueError(f"--attacks {args.attacks!r} lists no column; give e.g. clean,pgd_sat (one of "
+                             f"{','.join(list_attacks())})")
+        for name in attacks:
+            get_attack(name)  # an unknown column: said before the data and the model are loaded
         state, config = read_checkpoint(args.weights)
         config = config or {}
         model_name = args.model or config.get("student")
@@ -155,7 +149,7 @@ def run(args):
             normalize, normalize_from = config["student_normalize"], "checkpoint config"
         else:
             normalize, normalize_from = False, "default"
-        root = args.root if args.root is not None else config.get("data_root")
+        root = args.data_root if args.data_root is not None else config.get("data_root")
         # The run's own model/dataset keyword arguments (e.g. a width, a synthetic set's size)
         # apply when the model/dataset are the run's own.
         model_args = config.get("student_args") or {} if model_name == config.get("student") else {}
@@ -167,15 +161,17 @@ def run(args):
                   if normalize is True and normalize_from == "checkpoint config" else dataset)
         stats = resolve_normalization(normalize, source)
         model = create_model(model_name, num_classes=num_classes, normalize=stats, **model_args)
-        load_weights(model, state)
-        device = torch.device(args.device) if args.device else \
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            load_weights(model, state)
+        except (TypeError, ValueError) as exc:  # what the file holds does not fit: name the file
+            raise ValueError(f"{args.weights!r}: {exc}; give the weights of a {model_name} (or the matching "
+                             "--model)") from None
         model = model.to(device).eval()
         print(f"model {model_name} ({num_classes} classes, normalize={describe_normalization(normalize)} "
               f"[{normalize_from}]), weights {args.weights}, dataset {dataset_name}/{args.split} "
               f"({len(dataset.labels)} images)")
-        report = evaluate(model, dataset, attacks=args.attacks, eps=args.eps, batch_size=args.batch_size, n=args.n,
-                          strict=args.strict, device=device, progress=not args.no_progress, seed=args.seed,
+        report = evaluate(model, dataset, attacks=attacks, eps=args.eps, batch_size=args.batch_size, n=args.n,
+                          strict=args.strict, device=device, progress=args.progress, seed=args.seed,
                           aa_on_robust_only=args.aa_on_robust_only)
         report.model = model_name
     except EvaluationCheckError as err:  # the model failed a strict sanity check: not a usage error

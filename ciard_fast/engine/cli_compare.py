@@ -8,28 +8,33 @@ folder. Any other `--key value` sets a
 TrainConfig field for every method or an option of the methods that have it (e.g. `--epochs 5`,
 `--tau 10`).
 """
-from ..config import list_presets
+from ..cli_options import add_option
+from ..config import config_help, list_presets
 
 ACCEPTS_EXTRA = True
+# `ciard_fast.cli` adds this to "interrupted" after a Ctrl-C outside training
+INTERRUPT_HINT = ("; rerun the same compare command: finished runs are reused and an interrupted one "
+                  "continues from its last.pt")
 
 
 def add_arguments(parser):
-    parser.add_argument("--methods", required=True,
-                        help="comma-separated method names, e.g. ciard,rslad,mtard,bmtard,ard,iad,adaad,natural")
-    parser.add_argument("--preset", default="demo",
-                        help=f"preset every method starts from (default: demo); one of {', '.join(list_presets())}")
-    parser.add_argument("--seeds", default=None,
-                        help="comma-separated seeds, e.g. 0,1,2: every method is trained once per seed (student init, "
-                             "data order, attack noise; same data split and teachers); default: --seed alone")
-    parser.add_argument("--baseline", default=None,
-                        help="method the others are compared with seed by seed (default: the first of --methods)")
-    parser.add_argument("--config", default=None, help="YAML file of config keys (applied after the preset)")
-    parser.add_argument("--aa", action="store_true", help="add AutoAttack to the table (needs pyautoattack)")
-    parser.add_argument("--per-method-presets", action="store_true",
-                        help="start each method from '<preset>-<method>' when that preset exists (its paper's recipe)")
-    parser.add_argument("--retrain", action="store_true",
-                        help="train every method again even if its run in the output folder already finished")
-    parser.epilog = "Any other --key value pair sets a TrainConfig field or a method option (e.g. --epochs 5)."
+    add_option(parser, "methods", required=True,
+               help="comma-separated method names, e.g. ciard,rslad,mtard,bmtard,ard,iad,adaad,natural")
+    add_option(parser, "preset", default="demo",
+               help=f"preset every method starts from (default: demo); one of {', '.join(list_presets())}")
+    add_option(parser, "seeds", default=None,
+               help="comma-separated seeds, e.g. 0,1,2: every method is trained once per seed (student init, "
+                    "data order, attack noise; same data split and teachers); default: --seed alone")
+    add_option(parser, "baseline", default=None,
+               help="method the others are compared with seed by seed (default: the first of --methods)")
+    add_option(parser, "config", default=None, help="YAML file of config keys (applied after the preset)")
+    add_option(parser, "aa", flag=True, help="add AutoAttack to the table (needs pyautoattack)")
+    add_option(parser, "per_method_presets", flag=True,
+               help="start each method from '<preset>-<method>' when that preset exists (its paper's recipe)")
+    add_option(parser, "retrain", flag=True,
+               help="train every method again even if its run in the output folder already finished")
+    parser.epilog = ("Every other option below is a TrainConfig field for every method, or an option of the methods "
+                     "that have it (e.g. --epochs 5 --tau 10).\n\n" + config_help())
 
 
 def run(args):
