@@ -22,6 +22,7 @@ Layout of `out_dir` (default `runs/compare-<preset>`):
 A run whose folder already holds a finished run with the very same config is not trained again
 (its row is read back), so an interrupted comparison resumes where it stopped.
 """
+import contextlib
 import csv
 import dataclasses
 import io
@@ -38,8 +39,9 @@ from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from . import stats
-from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
-                       teacher_spec)
+from .signals import RunInterrupted
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, mark_trained_here,
+                       needed_teachers, teacher_spec)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
@@ -67,7 +69,8 @@ class CompareResult:
         interval ci_low/ci_high, the per-seed values), for every column of the table;
     differences: method -> accuracy column -> stats.paired_difference() of the method minus
         `baseline`, seed by seed (empty for the baseline itself);
-    teachers: kind -> weights file; config: the base config (dict); table: Markdown."""
+    teachers: kind -> weights file; config: the base config (dict); table: Markdown; unit: "percent",
+        the unit of every accuracy (compare.json states it; compare.csv has a unit column)."""
 
     out_dir: str
     methods: list
@@ -81,6 +84,7 @@ class CompareResult:
     runs: dict = dataclasses.field(default_factory=dict)
     summary: dict = dataclasses.field(default_factory=dict)
     differences: dict = dataclasses.field(default_factory=dict)
+    unit: str = "percent"  # of every accuracy above (train_seconds in seconds, images_per_s in images/s)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -100,8 +104,14 @@ class CompareResult:
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read compare.json back; a ValueError naming the file when it is not one."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls.from_dict(data)
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path} is not a compare.json of ciard-fast ({type(exc).__name__}: {exc}); rerun the "
+                             "compare command to write it again") from None
 
 
 def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, per_method_presets=False,
@@ -156,29 +166,41 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             notes.append("AutoAttack skipped: the optional package 'pyautoattack' is not installed "
                          "(pip install pyautoattack)")
             warnings.warn(notes[-1], stacklevel=2)
+    if not attacks:
+        raise ValueError("compare needs at least one test attack for its table, but test_attacks is empty; give "
+                         "e.g. test_attacks=clean,pgd_sat (--test_attacks clean,pgd_sat)")
 
     needed = {name: needed_teachers(name) for name in names}
-    # kind -> (weights file, its normalisation), for the teachers some method needs
-    teacher_inputs = {kind: _teacher_weights(base, kind, out_dir) for kind in TEACHER_KINDS
-                      if any(kind in kinds for kinds in needed.values())}
-    teachers = {kind: path for kind, (path, _) in teacher_inputs.items()}
+    kinds = [kind for kind in TEACHER_KINDS if any(kind in k for k in needed.values())]
+    # Everything checked before the first teacher or method trains: every run's config (with the
+    # teacher files they will get), the device, the folders, the data and the given teacher files.
+    planned = {kind: (_teacher_file(base, kind, out_dir), teacher_spec(base, kind).normalize) for kind in kinds}
+    configs = {(name, seed): method_config(base, name, preset_for(preset, name, per_method_presets), preset,
+                                           config_file, fields,
+                                           {k: v for k, v in options.items() if k in _option_names(name)},
+                                           {kind: planned[kind] for kind in needed[name]},
+                                           os.path.join(out_dir, name, f"seed-{seed}"), attacks, seed, split_seed)
+               for name in names for seed in seeds}
+    _check_before_comparing(base, out_dir, kinds)
 
-    bar = run_bar(len(names) * len(seeds), enabled=base.progress)
-    runs = {}
-    for name in names:
-        runs[name] = []
-        for seed in seeds:
-            config = method_config(base, name, preset_for(preset, name, per_method_presets), preset, config_file,
-                                   fields, {k: v for k, v in options.items() if k in _option_names(name)},
-                                   {kind: teacher_inputs[kind] for kind in needed[name]},
-                                   os.path.join(out_dir, name, f"seed-{seed}"), attacks, seed, split_seed)
-            # a teacher retrained under the same path makes the old rows stale: its file time counts
-            used = {kind: os.path.getmtime(teachers[kind]) for kind in needed[name]
-                    if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
-            bar.set_description(f"compare {name} seed {seed}")
-            runs[name].append({**_run_method(config, reuse, used), "seed": seed})
-            bar.update(1)
-    bar.close()
+    with _compare_resume_hint():
+        # kind -> (weights file, its normalisation), for the teachers some method needs
+        teacher_inputs = {kind: _teacher_weights(base, kind, out_dir) for kind in kinds}
+        teachers = {kind: path for kind, (path, _) in teacher_inputs.items()}
+        assert teacher_inputs == planned, (teacher_inputs, planned)  # the configs checked are the ones run
+        bar = run_bar(len(names) * len(seeds), enabled=base.progress)
+        runs = {}
+        for name in names:
+            runs[name] = []
+            for seed in seeds:
+                config = configs[(name, seed)]
+                # a teacher retrained under the same path makes the old rows stale: its file time counts
+                used = {kind: os.path.getmtime(teachers[kind]) for kind in needed[name]
+                        if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
+                bar.set_description(f"compare {name} seed {seed}")
+                runs[name].append({**_run_method(config, reuse, used), "seed": seed})
+                bar.update(1)
+        bar.close()
 
     result = CompareResult(out_dir=out_dir, methods=names, rows={}, teachers=teachers, config=base.to_dict(),
                            notes=notes, seeds=list(seeds), baseline=baseline, runs=runs)
@@ -303,6 +325,10 @@ def method_config(base, name, method_preset, preset, config_file, fields, option
         # the file and the normalisation it was trained with (a teacher compare trained itself is
         # not re-guessed by `auto`: its input statistics are known)
         changes.update({TEACHER_FIELDS[kind]["weights"]: path, TEACHER_FIELDS[kind]["normalize"]: normalize})
+    for kind in set(TEACHER_KINDS) - set(teachers):
+        # a teacher file this method does not use is not recorded in its run as if it were
+        if getattr(parent, TEACHER_FIELDS[kind]["weights"]) is not None:
+            changes[TEACHER_FIELDS[kind]["weights"]] = None
     assert set(changes) <= set(METHOD_RUN_OVERRIDES), sorted(set(changes) - set(METHOD_RUN_OVERRIDES))
     return parent.replace(**changes, **options)  # method_args: the parent's, updated with `options`
 
@@ -336,6 +362,13 @@ def _autoattack_available():
     return True
 
 
+def _teacher_file(base, kind, out_dir):
+    """The weights file every method gets for the robust/clean teacher: the config's own, or
+    <out_dir>/teachers/<kind>.pt for a teacher compare trains itself."""
+    spec = teacher_spec(base, kind)
+    return spec.weights or os.path.join(out_dir, "teachers", f"{kind}.pt")
+
+
 def _teacher_weights(base, kind, out_dir):
     """(weights file, normalisation) of the robust/clean teacher: the config's own path and
     normalisation setting, or the teacher trained once under <out_dir>/teachers/<kind>/ (reused
@@ -346,11 +379,56 @@ def _teacher_weights(base, kind, out_dir):
     cached = ensure_teacher(spec, base)  # out_dir/teachers/<kind>/last.pt, as train() would make it
     # A plain state_dict: what `robust_teacher=`/`clean_teacher=` load (a training checkpoint
     # holds optimiser, RNG and config too).
-    weights = os.path.join(out_dir, "teachers", f"{kind}.pt")
+    weights = _teacher_file(base, kind, out_dir)
     state = ckpt.load_checkpoint(cached)["student"]
     if not (os.path.isfile(weights) and os.path.getmtime(weights) >= os.path.getmtime(cached)):
         save_torch_atomic(state, weights)
+    # trained by this comparison: a weak one is reported with a warning, as `train` does for the
+    # teachers it trains itself, not stopped as a weak file brought by the user
+    mark_trained_here(weights)
     return weights, spec.normalize
+
+
+def _check_before_comparing(base, out_dir, kinds):
+    """The comparison's checks before it trains anything: the device, its folder (a file there,
+    or the folder of a training run, is refused: compare would write its teachers/ and method
+    folders among that run's files), the data, and the teacher files given (read and matched to
+    their architecture, `engine/preflight.py`)."""
+    from ..outputs import OutputPathError
+    from .preflight import check_data, check_teacher_files
+    from .precision import resolve_device
+    from .rundir import RUN_FILES
+
+    resolve_device(base.device)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputPathError(f"out_dir {out_dir!r} is a file, not a folder; give a folder for the comparison")
+    foreign = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
+               and name not in ("compare_row.json",)]
+    if foreign:
+        raise OutputPathError(f"out_dir {out_dir!r} holds a training run ({', '.join(foreign[:4])}), not a "
+                              "comparison; the comparison would write its teachers/ and method folders among that "
+                              "run's files. Choose another out_dir")
+    for kind in kinds:
+        given = teacher_spec(base, kind).weights
+        inside = given and os.path.realpath(given).startswith(os.path.realpath(out_dir) + os.sep)
+        if inside and os.path.relpath(os.path.realpath(given), os.path.realpath(out_dir)).split(os.sep)[0] != "teachers":
+            raise OutputPathError(f"{TEACHER_FIELDS[kind]['weights']}={given!r} lies in a method folder of the "
+                                  f"comparison {out_dir!r}, which compare retrains; copy the file elsewhere first")
+    check_data(base)
+    check_teacher_files(base, kinds)
+
+
+@contextlib.contextmanager
+def _compare_resume_hint():
+    """A run stopped by SIGINT / SIGTERM inside a comparison is continued by the same compare
+    command (finished runs are read back, the interrupted one continues from its last.pt), not by
+    `train --resume`, which would not put it back in the table."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        stop.resume_hint = (f"the same compare command again (finished runs are reused and the interrupted run "
+                            f"continues from {stop.checkpoint})")
+        raise
 
 
 def _reuse_key(entry):
@@ -367,6 +445,23 @@ def _say(message):
     tqdm.write(message, file=sys.stderr)
 
 
+def _read_row(path):
+    """A finished run's compare_row.json, or None when there is none or it cannot be read (a file
+    damaged by hand or by a crash of an earlier version: said once, and the run is trained again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if isinstance(saved, dict) and isinstance(saved.get("row"), dict):
+            return saved
+        problem = "it holds no row"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    _say(f"[compare] {path} could not be read ({problem}); training that run again")
+    return None
+
+
 def _run_method(config, reuse, teacher_times):
     """Train (or read back) one method; its row of the table."""
     from .api import train
@@ -374,16 +469,22 @@ def _run_method(config, reuse, teacher_times):
     row_path = os.path.join(config.resolved_out_dir(), ROW_FILE)
     # tuples -> lists, as they read back from JSON
     wanted = json.loads(json.dumps({"config": config.to_dict(), "teachers": teacher_times}))
-    if reuse and os.path.isfile(row_path):
-        with open(row_path, encoding="utf-8") as f:
-            saved = json.load(f)
+    saved = _read_row(row_path) if reuse else None
+    if saved is not None:
         if _reuse_key(saved) == _reuse_key(wanted):
             _say(f"[compare] {config.method} seed {config.seed}: reusing the finished run in "
                  f"{config.resolved_out_dir()}")
             return saved["row"]
-    _say(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)")
+    last = os.path.join(config.resolved_out_dir(), "last.pt")
     start = time.perf_counter()
-    result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
+    if reuse and ckpt.is_interrupted_run(last, config) and all(
+            when <= os.path.getmtime(last) for when in teacher_times.values()):
+        # stopped by a signal in an earlier invocation, with these very teachers: continued exactly
+        _say(f"[compare] {config.method} seed {config.seed}: continuing the interrupted run from {last}")
+        result = train(resume=last)
+    else:
+        _say(f"[compare] training {config.method} seed {config.seed} ({config.student}, {config.epochs} epochs)")
+        result = train(config, overwrite=True)  # compare owns each method's folder: a rerun replaces it
     wall = time.perf_counter() - start
     seconds = sum(r.get("train_seconds", 0.0) for r in result.history)
     images = sum(r.get("train_seconds", 0.0) * r.get("train_images_per_s", 0.0) for r in result.history)
@@ -458,13 +559,14 @@ def markdown_table(result):
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("method", "student", "column", "n", "mean", "std", "ci95_low", "ci95_high", "diff_mean", "diff_std",
-              "diff_ci95_low", "diff_ci95_high", "baseline", "seeds", "values")
+CSV_FIELDS = ("method", "student", "column", "unit", "n", "mean", "std", "ci95_low", "ci95_high", "diff_mean",
+              "diff_std", "diff_ci95_low", "diff_ci95_high", "baseline", "seeds", "values")
+_UNITS = {"train_seconds": "seconds", "images_per_s": "images/s"}  # every other column: an accuracy
 
 
 def csv_table(result):
-    """The comparison in long form: one line per method and column (accuracies in %, train_seconds,
-    images_per_s) with n, mean, std, the interval, the paired difference to the baseline, and the
+    """The comparison in long form: one line per method and column (accuracies in percent,
+    train_seconds, images_per_s; the unit column says which) with n, mean, std, the interval, the paired difference to the baseline, and the
     per-seed values (";"-separated, in the order of the seeds column)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -475,6 +577,7 @@ def csv_table(result):
             d = diffs.get(column, {})
             writer.writerow({
                 "method": name, "student": result.rows.get(name, {}).get("student", ""), "column": column,
+                "unit": _UNITS.get(column, result.unit),
                 "n": s["n"], "mean": s["mean"], "std": s["std"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"],
                 "diff_mean": d.get("mean"), "diff_std": d.get("std"), "diff_ci95_low": d.get("ci_low"),
                 "diff_ci95_high": d.get("ci_high"), "baseline": result.baseline,

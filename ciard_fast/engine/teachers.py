@@ -170,7 +170,7 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     load it with `ciard_fast.models.load_weights`.
     """
     if spec.weights:
-        _check_weights_file(spec)
+        check_weights_file(spec)
         return spec.weights
     from .api import train  # the engine's public entry point (api imports this module)
 
@@ -191,14 +191,35 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     return train(config, progress_prefix=prefix).last_checkpoint
 
 
-def _check_weights_file(spec):
+def check_weights_file(spec):
+    """The teacher file of `spec` exists, is a file and is not empty; else a ValueError under the
+    config's field name saying what to do."""
     field = TEACHER_FIELDS[spec.kind]["weights"]
+    if os.path.isdir(spec.weights):
+        raise ValueError(f"{field}={spec.weights!r} is a folder, not a file; give the {spec.kind} teacher's weights "
+                         f"file (e.g. {os.path.join(spec.weights, 'best.pt')})")
     if not os.path.isfile(spec.weights):
         raise ValueError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's weights file, "
                          f"or leave {field} unset to train the teacher first")
     if os.path.getsize(spec.weights) == 0:
         raise ValueError(f"{field}={spec.weights!r} is an empty file (0 bytes; an interrupted copy?); "
                          "give a complete weights file")
+
+
+# Teacher files this process's engine made from a teacher run it trained (compare's
+# <out_dir>/teachers/<kind>.pt): a weak one is reported with a warning, as a teacher a run trains
+# itself, instead of stopping the run as a weak file brought by the user would.
+_TRAINED_HERE = set()
+
+
+def mark_trained_here(path):
+    """Record `path` as a teacher file made from a teacher run the engine trained (see above)."""
+    _TRAINED_HERE.add(os.path.realpath(os.fspath(path)))
+
+
+def trained_here(path):
+    """True for a teacher file recorded by `mark_trained_here` in this process."""
+    return path is not None and os.path.realpath(os.fspath(path)) in _TRAINED_HERE
 
 
 def ensure_teachers(config):
@@ -265,7 +286,7 @@ def check_run_teachers(config, teachers, teacher_paths, splits, device, precisio
         to_check.append(TeacherToCheck(
             kind=kind, model=model, path=teacher_paths.get(kind), model_name=spec.model, normalize=spec.normalize,
             candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
-            set_normalize=set_normalize, given_as_file=bool(spec.weights)))
+            set_normalize=set_normalize, given_as_file=bool(spec.weights) and not trained_here(spec.weights)))
     if not to_check:
         return None
     if splits.get("val") is None:
@@ -294,4 +315,4 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
+           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers", "mark_trained_here", "needed_teachers", "teacher_run_config", "teacher_spec", "teacher_specs"]
