@@ -14,6 +14,7 @@ The subcommands that take config fields (`train`, `teacher`, `compare`) parse th
 """
 import argparse
 import contextlib
+import io
 import math
 import os
 import sys
@@ -193,8 +194,19 @@ def quiet_unless_rank_zero(rank=None):
     if rank == 0:
         yield
         return
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+    sink = _Discard()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         yield
+
+
+class _Discard(io.TextIOBase):
+    """A text stream that drops what it is given (and keeps nothing in memory)."""
+
+    def writable(self):
+        return True
+
+    def write(self, text):
+        return len(text)
 
 
 @contextlib.contextmanager

@@ -424,6 +424,8 @@ def add_arguments(parser):
 def run(args):
     report = doctor(args.device, json_path=args.json)
     failed = [c.name for c in report.checks if c.status == "fail"]
+    if [c.name for c in report.checks] == ["device"] and failed:
+        return 1  # --device cuda without CUDA: its one FAIL line says it all (nothing else could run)
     skipped = sum(c.status == "skip" for c in report.checks)
     passed = sum(c.status == "pass" for c in report.checks)
     print(f"doctor: {passed} passed, {len(failed)} failed, {skipped} skipped in {report.seconds:.1f} s"

@@ -41,12 +41,17 @@ def check_before_training(config, *, resuming=False, reads=()):
     problem. Teachers are not checked when `resuming` (they come from the checkpoint)."""
     from .teachers import teacher_specs
 
+    from .distributed import get_context
+
     resolve_device(config.device)
     warn_unused_settings(config)
     specs = teacher_specs(config)
     given = [spec.weights for spec in specs.values() if spec.weights]
-    check_run_folder(config.resolved_out_dir(), resuming=resuming, user_given=config.out_dir_given,
-                     overwrite=config.overwrite)
+    if get_context(config.device).is_main:
+        # rank 0 alone claims folders (engine/api.py): another rank could find them already
+        # locked by rank 0 for the run they train together
+        check_run_folder(config.resolved_out_dir(), resuming=resuming, user_given=config.out_dir_given,
+                         overwrite=config.overwrite)
     if not resuming:
         check_reads_outside(config, list(given) + list(reads))
     check_data(config)
