@@ -283,3 +283,19 @@ def test_yaml_config(tmp_path, fault, words):
     assert "run.yaml" in str(info.value) and words in str(info.value), str(info.value)
     code, err = cli("train", "--config", path)
     assert one_line(code, err, path), err
+
+
+def test_eval_reads_a_safetensors_file_and_a_cut_one_fails_clearly(tmp_path):
+    from safetensors.torch import save_file
+
+    from ciard_fast.attacks.cli_eval import read_checkpoint
+
+    state = create_model("small_cnn", num_classes=10, width=4).state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "student.safetensors"))
+    read, config = read_checkpoint(str(tmp_path / "student.safetensors"))
+    assert config is None and set(read) == set(state)
+    data = (tmp_path / "student.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    code, err = cli("eval", "--weights", str(tmp_path / "cut.safetensors"), "--model", "small_cnn", "--dataset",
+                    "digits")
+    assert one_line(code, err, tmp_path / "cut.safetensors") and "safetensors" in err, err

@@ -119,6 +119,14 @@ def test_a_damaged_data_file_fails_before_the_teachers_train(tmp_path, trained):
     assert trained == []
 
 
+def test_a_model_keyword_value_the_model_rejects_fails_before_the_teachers_train(tmp_path, trained):
+    with pytest.raises(ValueError, match=r"student_args=\{'width': 'abc'\} for student='small_cnn'.*width"):
+        ciard_fast.train({**TINY, "student_args": {"width": "abc"}, "out_dir": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match=r"clean_teacher_args=\{'width': 0\} for clean_teacher_model='small_cnn'"):
+        ciard_fast.train({**TINY, "clean_teacher_args": {"width": 0}, "out_dir": str(tmp_path / "run")})
+    assert trained == [] and not (tmp_path / "run").exists()
+
+
 def test_a_missing_device_fails_before_the_teachers_train(tmp_path, trained, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):

@@ -17,8 +17,6 @@ import argparse
 import os
 import sys
 
-import torch
-
 from ..cli_options import add_option, fraction_in_unit_interval, nonnegative_int, positive_int
 from .checks import EvaluationCheckError
 from .columns import get_attack, list_attacks
@@ -72,8 +70,10 @@ def read_checkpoint(path):
     Our trainer stores ``{"student": state_dict, "config": {...}}``; anything else is passed on to
     ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
     """
-    from ..models.weights import read_tensor_file
+    from ..models.weights import read_tensor_file, read_weights_file
 
+    if os.fspath(path).endswith(".safetensors"):  # e.g. a student written by ciard-fast export
+        return read_weights_file(path), None
     state = read_tensor_file(path, what="weights file",
                              fix="give a state dict or a checkpoint of ciard-fast train (copy or download it again "
                                  "if it was cut short)")

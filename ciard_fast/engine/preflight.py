@@ -10,7 +10,9 @@ before that, not after. `check_before_training` opens and checks, in order:
    write (`overwrite` deletes the folder's run files; a teacher trained here replaces
    `<out_dir>/teachers/<kind>/`);
 3. the data: the training and test files are opened and decoded (a download happens now);
-4. every teacher given as a file: read, and loaded into its architecture (`load_weights`, strict),
+4. the models: the student and the teachers built from their config fields (on the meta device:
+   no memory), so a keyword value a model rejects is found now;
+5. every teacher given as a file: read, and loaded into its architecture (`load_weights`, strict),
    so a truncated file or a checkpoint of another architecture is one clear error naming the
    config field.
 
@@ -27,7 +29,7 @@ from ..outputs import OutputPathError, same_path
 from .precision import resolve_device
 from .rundir import RUN_FILES, check_run_folder
 
-__all__ = ["check_before_training", "check_data", "check_teacher_files", "check_reads_outside",
+__all__ = ["check_before_training", "check_data", "check_models", "check_teacher_files", "check_reads_outside",
            "warn_unused_settings", "UnusedSettingWarning"]
 
 
@@ -54,7 +56,8 @@ def check_before_training(config, *, resuming=False, reads=()):
                          overwrite=config.overwrite)
     if not resuming:
         check_reads_outside(config, list(given) + list(reads))
-    check_data(config)
+    test = check_data(config)
+    check_models(config, test.num_classes)
     if not resuming:
         check_teacher_files(config)
 
@@ -85,12 +88,32 @@ def check_reads_outside(config, reads):
 
 def check_data(config):
     """Open the configured dataset's training and test files (downloading them now if needed), so
-    that a missing or damaged file stops the run before anything trains."""
+    that a missing or damaged file stops the run before anything trains. Returns the test split."""
     from ..data import load_dataset
 
     kwargs = dict(root=config.data_root, val_size=config.val_size, **config.dataset_args)
-    for split in ("train_full", "test"):
-        load_dataset(config.dataset, split=split, **kwargs)
+    load_dataset(config.dataset, split="train_full", **kwargs)
+    return load_dataset(config.dataset, split="test", **kwargs)
+
+
+def check_models(config, num_classes):
+    """Build the student and every teacher the run trains itself from their config fields, on the
+    meta device (no memory, no weights): a keyword value the model rejects (`--student_args.width
+    abc`) stops the run now, not after the teachers trained."""
+    import torch
+
+    from ..models import create_model
+    from .teachers import TEACHER_FIELDS, teacher_specs
+
+    models = [("student", config.student, "student_args", config.student_args)]
+    models += [(TEACHER_FIELDS[kind]["model"], spec.model, TEACHER_FIELDS[kind]["model_args"], spec.model_args)
+               for kind, spec in teacher_specs(config).items()]
+    for field, name, args_field, kwargs in models:
+        try:
+            with torch.device("meta"):
+                create_model(name, num_classes=num_classes, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"{args_field}={kwargs!r} for {field}={name!r}: {exc}") from None
 
 
 def check_teacher_files(config, kinds=None):

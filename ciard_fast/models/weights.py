@@ -75,6 +75,12 @@ def _unwrap_model(model):
             return model
 
 
+def read_weights_file(path):
+    """The mapping a weights file holds (torch.save or .safetensors), or one clear error naming
+    the file (`read_tensor_file`); `load_weights` then unwraps and checks it."""
+    return _read(os.fspath(path))
+
+
 def _read(source):
     if isinstance(source, Mapping):
         return source
