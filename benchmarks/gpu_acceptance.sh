@@ -181,8 +181,8 @@ print(f"wrote {os.path.join(out, 'summary.md')}")
 PY
 
 # ---- one archive of everything, beside the summary ----------------------------------------------------------
-tar -czf "$OUT/gpu_results.tgz.part" -C "$OUT" --exclude gpu_results.tgz --exclude gpu_results.tgz.part . \
-    && mv -f "$OUT/gpu_results.tgz.part" "$OUT/gpu_results.tgz" \
+# written outside $OUT and then moved in (benchmarks/pack_results.sh says why)
+bash "$REPO/benchmarks/pack_results.sh" "$OUT" \
     || { echo "gpu_acceptance: could not write $OUT/gpu_results.tgz" >&2; FAILED=1; }
 
 echo

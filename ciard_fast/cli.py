@@ -3,11 +3,11 @@
 Each subcommand lives in the module that owns its work and exposes ``add_arguments(parser)`` and
 ``run(args) -> int``; this file only wires them up (imported lazily so ``--help`` is instant).
 """
-import argparse
 import os
 import sys
 from importlib import import_module
 
+from .cli_options import HelpFormatter, Parser, one_line_warnings, process_rank, quiet_unless_rank_zero
 from .version import __version__
 
 # subcommand -> (module, one-line help)
@@ -21,23 +21,20 @@ SUBCOMMANDS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage block): 'ciard-fast train: error: ...', exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser(argv_command=None):
-    parser = _Parser(prog="ciard-fast", description="Fast adversarial robustness distillation.",
-                     epilog="Exit status: 0 done; 1 the run failed (divergence, a file could not be written); "
-                            "2 bad input (one line; --debug shows the traceback); 143 / 130 stopped by "
-                            "SIGTERM / SIGINT after writing a resumable checkpoint (the resume command is printed).")
+    parser = Parser(prog="ciard-fast", description="Fast adversarial robustness distillation.",
+                    epilog="Options are written with underscores (--batch_size); the dashed spelling is accepted "
+                           "too. Booleans: --flag true|false, or a bare --flag for true. "
+                           "Exit status: 0 done; 1 the run failed (divergence, a file could not be written); "
+                           "2 bad input (one line; --debug shows the traceback); 143 / 130 stopped by "
+                           "SIGTERM / SIGINT after writing a resumable checkpoint (the resume command is printed).")
     parser.add_argument("--version", action="version", version=f"ciard-fast {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for name, (module, help_text) in SUBCOMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        # raw epilogs: train/teacher/compare list every config field there, one per line
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=HelpFormatter)
         # Only the chosen subcommand's module is imported (and so only its dependencies).
         if argv_command == name:
             import_module(module).add_arguments(p)
@@ -50,45 +47,54 @@ def main(argv=None):
     debug = "--debug" in argv or bool(os.environ.get("CIARD_FAST_DEBUG"))
     argv = [a for a in argv if a != "--debug"]
     command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(command if command in SUBCOMMANDS else None)
-    if command in SUBCOMMANDS and getattr(import_module(SUBCOMMANDS[command][0]), "ACCEPTS_EXTRA", False):
-        # train/teacher take any config key as "--key value": collected here, checked by the config.
-        args, args.extra = parser.parse_known_args(argv)
-    else:
-        args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 2
+    rank = process_rank()
+    with quiet_unless_rank_zero(rank):  # under torchrun, rank 0 alone prints
+        parser = build_parser(command if command in SUBCOMMANDS else None)
+        if command in SUBCOMMANDS and getattr(import_module(SUBCOMMANDS[command][0]), "ACCEPTS_EXTRA", False):
+            # train/teacher/compare take any config key as "--key value": collected here, checked by the config.
+            args, args.extra = parser.parse_known_args(argv)
+        else:
+            args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 2
+    prog = f"ciard-fast {args.command}"
+    code, message = _run(args, prog, debug, rank)
+    if message and (rank == 0 or code not in (0, 2)):
+        # a failure of this rank alone (not bad input, which every rank sees) is said by that rank
+        print(message if rank == 0 else f"[rank {rank}] {message}", file=sys.stderr)
+    return code
+
+
+def _run(args, prog, debug, rank):
+    """(exit status, the one line to print on stderr or None) of the subcommand."""
     from .engine.divergence import DivergenceError
     from .engine.signals import RunInterrupted
 
     try:
-        return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0)
+        with quiet_unless_rank_zero(rank), one_line_warnings(prog):
+            return int(import_module(SUBCOMMANDS[args.command][0]).run(args) or 0), None
     except RunInterrupted as stop:
         # SIGTERM / SIGINT: a resumable checkpoint was written; 128 + signal, as a killed process.
-        print(f"ciard-fast {args.command}: {stop}", file=sys.stderr)
-        return stop.exit_code
+        return stop.exit_code, f"{prog}: {stop}"
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside training
         if debug:
             raise
-        print(f"ciard-fast {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 130, f"{prog}: interrupted" + getattr(sys.modules.get(SUBCOMMANDS[args.command][0]),
+                                                     "INTERRUPT_HINT", "")
     except DivergenceError as exc:
         if debug:
             raise
-        print(f"ciard-fast {args.command}: error: {exc}", file=sys.stderr)
-        return 1
+        return 1, f"{prog}: error: {exc}"
     except (ValueError, TypeError, ImportError, FileNotFoundError) as exc:
         # Bad input: one clear line, not a traceback (--debug or CIARD_FAST_DEBUG=1 shows it).
         if debug:
             raise
-        print(f"ciard-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
+        return 2, f"{prog}: error: {_one_line(exc)}"
     except OSError as exc:  # disk full, permissions (AtomicWriteError names the file and the space)
         if debug:
             raise
-        print(f"ciard-fast {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return 1, f"{prog}: error: {_one_line(exc)}"
 
 
 def _one_line(exc):

@@ -15,6 +15,7 @@ the closest valid ones, and where the valid ones are listed.
 """
 import dataclasses
 import difflib
+import math
 import os
 import re
 import typing
@@ -31,70 +32,172 @@ class TrainConfig:
     """Every knob of a training run. Defaults are the paper's CIFAR-10 ResNet-18 CIARD settings;
     the `demo` preset (what `ciard-fast train` runs) shrinks them to minutes on a CPU."""
 
-    # -- method ---------------------------------------------------------------------------------
-    method: str = "ciard"                  # any name in ciard_fast.methods.list_methods()
-    method_args: dict = dataclasses.field(default_factory=dict)  # the method's own Options
-    # -- data -----------------------------------------------------------------------------------
-    dataset: str = "cifar10"               # cifar10 | cifar100 | tinyimagenet | digits | synthetic
-    dataset_args: dict = dataclasses.field(default_factory=dict)  # e.g. synthetic: num_samples, image_size
-    data_root: Optional[str] = None        # default $CIARD_FAST_DATA or ~/.cache/ciard_fast/data
-    val_size: Optional[int] = None         # held-out validation images carved from train (None: dataset default)
-    loader: str = "device"                 # device (whole uint8 set on the device) | dali
-    crop_padding: int = 4                  # random crop with this zero padding (0: no crop)
-    flip: bool = True                      # random horizontal flip (off for digits: a flipped 2 is no 2)
-    # -- models ---------------------------------------------------------------------------------
-    student: str = "resnet18"
-    student_args: dict = dataclasses.field(default_factory=dict)  # model kwargs, e.g. {width: 16}
-    student_normalize: Union[bool, str] = True  # dataset mean/std inside the model; or a DATASET_STATS name
-    robust_teacher: Optional[str] = None   # checkpoint path or robustbench:<name>; None: trained first (robust_teacher_method)
-    robust_teacher_model: str = "wrn34_10"
-    robust_teacher_args: dict = dataclasses.field(default_factory=dict)
-    robust_teacher_normalize: Union[bool, str] = "auto"  # auto: a file's best on the validation split
-    #                                      (raw, dataset, published stats); trained here: raw [0,1] pixels
-    robust_teacher_method: str = "trades"
-    clean_teacher: Optional[str] = None    # checkpoint path or robustbench:<name>; None: trained first (natural)
-    clean_teacher_model: str = "resnet56"
-    clean_teacher_args: dict = dataclasses.field(default_factory=dict)
-    clean_teacher_normalize: Union[bool, str] = "auto"  # auto as above (trained here: dataset stats);
-    #                                      False: the reference code's raw-pixel ResNet-56;
-    #                                      "cifar10_legacy": the statistics the public hub ResNet-56 was trained with
-    allow_weak_teacher: bool = False       # True: distil from a teacher under 1.5x chance on validation
+    method: str = dataclasses.field(
+        default="ciard",
+        metadata={"group": "method",
+                  "help": "the training method: any name of ciard_fast.methods.list_methods() (ciard, ard, "
+                          "rslad, ..., natural, sat, trades)"})
+    method_args: dict = dataclasses.field(
+        default_factory=dict,
+        metadata={"group": "method",
+                  "help": "the method's own options (its Options dataclass), e.g. {T_push: 3}; on the command "
+                          "line give them as --T_push 3"})
+    dataset: str = dataclasses.field(
+        default="cifar10",
+        metadata={"group": "data",
+                  "help": "cifar10 | cifar100 | tinyimagenet | digits | synthetic (or a dataset registered with "
+                          "register_dataset)"})
+    dataset_args: dict = dataclasses.field(
+        default_factory=dict,
+        metadata={"group": "data",
+                  "help": "the dataset loader's keyword arguments, e.g. synthetic: {num_samples: 512, image_size: 32}"})
+    data_root: Optional[str] = dataclasses.field(
+        default=None,
+        metadata={"group": "data",
+                  "help": "folder holding the datasets (None: $CIARD_FAST_DATA, else ~/.cache/ciard_fast/data)"})
+    val_size: Optional[int] = dataclasses.field(
+        default=None,
+        metadata={"group": "data",
+                  "help": "validation images carved from the training set (None: the dataset's default; 0: no "
+                          "validation)"})
+    loader: str = dataclasses.field(
+        default="device",
+        metadata={"group": "data",
+                  "help": "device (the whole uint8 set on the device, augmented there) | dali"})
+    crop_padding: int = dataclasses.field(
+        default=4, metadata={"group": "data", "help": "random crop with this zero padding (0: no crop)"})
+    flip: bool = dataclasses.field(
+        default=True,
+        metadata={"group": "data",
+                  "help": "random horizontal flip (off for digits: a mirrored 2 is no 2)"})
+    student: str = dataclasses.field(
+        default="resnet18",
+        metadata={"group": "models",
+                  "help": "the student's architecture: any name of ciard_fast.models.list_models()"})
+    student_args: dict = dataclasses.field(
+        default_factory=dict,
+        metadata={"group": "models",
+                  "help": "the student model's keyword arguments, e.g. {width: 16}"})
+    student_normalize: Union[bool, str] = dataclasses.field(
+        default=True,
+        metadata={"group": "models",
+                  "help": "true: the dataset's mean/std inside the model; false: raw [0, 1] pixels; or a "
+                          "DATASET_STATS name"})
+    robust_teacher: Optional[str] = dataclasses.field(
+        default=None,
+        metadata={"group": "teachers",
+                  "help": "the robust teacher's weights file or robustbench:<name> (None: trained first with "
+                           "robust_teacher_method)"})
+    robust_teacher_model: str = dataclasses.field(
+        default="wrn34_10", metadata={"group": "teachers", "help": "the robust teacher's architecture"})
+    robust_teacher_args: dict = dataclasses.field(
+        default_factory=dict, metadata={"group": "teachers", "help": "the robust teacher model's keyword arguments"})
+    robust_teacher_normalize: Union[bool, str] = dataclasses.field(
+        default="auto",
+        metadata={"group": "teachers",
+                  "help": "the robust teacher's input normalisation; auto: a file's best on the validation "
+                          "split, raw pixels when trained here"})
+    robust_teacher_method: str = dataclasses.field(
+        default="trades",
+        metadata={"group": "teachers",
+                  "help": "how a missing robust teacher is trained: trades | sat | natural"})
+    clean_teacher: Optional[str] = dataclasses.field(
+        default=None,
+        metadata={"group": "teachers",
+                  "help": "the clean teacher's weights file or robustbench:<name> (None: trained first, naturally)"})
+    clean_teacher_model: str = dataclasses.field(
+        default="resnet56", metadata={"group": "teachers", "help": "the clean teacher's architecture"})
+    clean_teacher_args: dict = dataclasses.field(
+        default_factory=dict, metadata={"group": "teachers", "help": "the clean teacher model's keyword arguments"})
+    clean_teacher_normalize: Union[bool, str] = dataclasses.field(
+        default="auto",
+        metadata={"group": "teachers",
+                  "help": "the clean teacher's input normalisation; auto as above (trained here: the dataset's "
+                          "statistics); cifar10_legacy: the public hub ResNet-56's"})
+    allow_weak_teacher: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "teachers",
+                  "help": "distil from a teacher file under 1.5x chance accuracy on validation (else the run stops)"})
     model_dir: str = dataclasses.field(default="models", metadata={
         "group": "teachers",
         "help": "folder of RobustBench checkpoints: a teacher robustbench:<name> is read from "
                 "<model_dir>/<dataset>/Linf/<name>.pt (the layout robustbench.utils.load_model downloads into)"})
-    teacher_epochs: int = 100              # when a teacher has to be trained first
-    teacher_lr: float = 0.1
-    # -- optimisation ---------------------------------------------------------------------------
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 2e-4
-    # -- the training attack (PGD on the student) -----------------------------------------------
-    eps: float = 8 / 255
-    alpha: float = 2 / 255
-    attack_steps: int = 10
-    attack_random_start: str = "default"   # default (the method's own) | uniform | normal | none
-    # -- evaluation -----------------------------------------------------------------------------
-    eval_every: int = 1                    # epochs between validation evaluations (clean + PGD-20)
-    eval_pgd_steps: int = 20
-    eval_n: Optional[int] = None           # validation images used per evaluation (None: all)
-    test_attacks: Tuple[str, ...] = ("clean", "fgsm", "pgd_sat", "pgd_trades", "cw")  # final test table
-    test_n: Optional[int] = None           # test images for the final table (None: all)
-    compare_natural_student: bool = False  # also train a natural student and put it in the table
-    # -- run ------------------------------------------------------------------------------------
-    out_dir: Optional[str] = None          # default runs/<method>-<dataset>-<student>
-    seed: int = 0                          # student init, data order, attack noise, the validation split
-    split_seed: Optional[int] = None       # seed of the validation split only (None: `seed`); `compare --seeds`
-    #                                      holds it fixed so every seed trains on the same images
-    device: str = "auto"                   # auto | cpu | cuda | cuda:N
-    resume: Optional[str] = None           # checkpoint to continue from (exactly)
-    stop_after: Optional[int] = None       # stop after this epoch (schedules still span `epochs`); resume later
-    progress: bool = True
-    log_every: int = 10                    # steps between progress/log updates (each is one host sync)
-    plot: bool = True                      # curves.png in the run folder at the end
-    tensorboard: bool = False              # also write every logged scalar to <out_dir>/tensorboard (extra [tensorboard])
+    teacher_epochs: int = dataclasses.field(
+        default=100, metadata={"group": "teachers", "help": "epochs of a teacher that has to be trained first"})
+    teacher_lr: float = dataclasses.field(
+        default=0.1,
+        metadata={"group": "teachers",
+                  "help": "learning rate of a teacher trained first (and of natural/SAT/TRADES rows in compare)"})
+    epochs: int = dataclasses.field(
+        default=300, metadata={"group": "method", "help": "training epochs (the schedules span them)"})
+    batch_size: int = dataclasses.field(
+        default=128, metadata={"group": "method", "help": "the global batch (split over the ranks under torchrun)"})
+    lr: float = dataclasses.field(
+        default=0.1, metadata={"group": "method", "help": "the student's peak learning rate (SGD)"})
+    momentum: float = dataclasses.field(default=0.9, metadata={"group": "method", "help": "SGD momentum, in [0, 1)"})
+    weight_decay: float = dataclasses.field(default=2e-4, metadata={"group": "method", "help": "SGD weight decay"})
+    eps: float = dataclasses.field(
+        default=8 / 255,
+        metadata={"group": "attack",
+                  "help": "L-inf radius of the training attack and of every evaluation, on [0, 1] pixels (8/255 "
+                          "on the command line)"})
+    alpha: float = dataclasses.field(
+        default=2 / 255, metadata={"group": "attack", "help": "step size of the training attack, on [0, 1] pixels"})
+    attack_steps: int = dataclasses.field(
+        default=10, metadata={"group": "attack", "help": "PGD steps of the training attack"})
+    attack_random_start: str = dataclasses.field(
+        default="default",
+        metadata={"group": "attack",
+                  "help": "start of the training attack: default (the method's own) | uniform | normal | none"})
+    eval_every: int = dataclasses.field(
+        default=1,
+        metadata={"group": "evaluation",
+                  "help": "epochs between validation evaluations (clean + PGD); they choose best.pt"})
+    eval_pgd_steps: int = dataclasses.field(
+        default=20, metadata={"group": "evaluation", "help": "PGD steps of the validation attack"})
+    eval_n: Optional[int] = dataclasses.field(
+        default=None, metadata={"group": "evaluation", "help": "validation images per evaluation (None: all)"})
+    test_attacks: Tuple[str, ...] = dataclasses.field(
+        default=("clean", "fgsm", "pgd_sat", "pgd_trades", "cw"),
+        metadata={"group": "evaluation",
+                  "help": "columns of the final test table (comma-separated; none: no table)"})
+    test_n: Optional[int] = dataclasses.field(
+        default=None, metadata={"group": "evaluation", "help": "test images of the final table (None: all)"})
+    compare_natural_student: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "evaluation",
+                  "help": "also train a natural student of the same architecture and put it in the table"})
+    out_dir: Optional[str] = dataclasses.field(
+        default=None,
+        metadata={"group": "run",
+                  "help": "the run folder (None: runs/<method>-<dataset>-<student>, numbered when used)"})
+    seed: int = dataclasses.field(
+        default=0,
+        metadata={"group": "run",
+                  "help": "seed of the student's init, the data order, the attack noise and the validation split"})
+    split_seed: Optional[int] = dataclasses.field(
+        default=None,
+        metadata={"group": "run",
+                  "help": "seed of the validation split alone (None: seed); compare --seeds holds it fixed"})
+    device: str = dataclasses.field(default="auto", metadata={"group": "run", "help": "auto | cpu | cuda | cuda:N"})
+    resume: Optional[str] = dataclasses.field(
+        default=None,
+        metadata={"group": "run",
+                  "help": "a checkpoint (last.pt) to continue from, exactly, in its own folder"})
+    stop_after: Optional[int] = dataclasses.field(
+        default=None,
+        metadata={"group": "run",
+                  "help": "stop after this epoch (the schedules still span epochs); resume later"})
+    progress: bool = dataclasses.field(
+        default=True, metadata={"group": "run", "help": "progress bar / lines on stderr"})
+    log_every: int = dataclasses.field(
+        default=10, metadata={"group": "run", "help": "steps between progress and log updates (each is one host sync)"})
+    plot: bool = dataclasses.field(
+        default=True, metadata={"group": "run", "help": "write curves.png in the run folder at the end"})
+    tensorboard: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "run",
+                  "help": "also write every logged scalar to <out_dir>/tensorboard (extra [tensorboard])"})
     wandb: bool = dataclasses.field(default=False, metadata={
         "group": "run", "help": "also log every scalar of metrics.jsonl, the config and the final table to Weights & "
                                 "Biases (extra [wandb]; WANDB_MODE=offline writes <out_dir>/wandb/ only)"})
@@ -102,16 +205,34 @@ class TrainConfig:
         "group": "run", "help": "the Weights & Biases project of --wandb true"})
     wandb_group: Optional[str] = dataclasses.field(default=None, metadata={
         "group": "run", "help": "the Weights & Biases group of the run (compare: default the comparison folder's name)"})
-    # -- performance (all harmless on CPU) ------------------------------------------------------
-    precision: str = "auto"                # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16
-    channels_last: Optional[bool] = None   # None: on for CUDA
-    cuda_graphs: Optional[bool] = None     # None: on for CUDA
-    compile: bool = False                  # torch.compile the models (in place: checkpoint keys unchanged)
-    optimizer: str = "auto"                # auto (fused SGD on CUDA) | sgd | fused | apex (if importable)
-    sync_batchnorm: bool = False           # DDP: synchronise BN statistics across ranks
-    # -- reliability ----------------------------------------------------------------------------
-    overwrite: bool = False                # reuse a non-empty out_dir the user named (its run files are replaced)
-    checkpoint_every_steps: Optional[int] = None  # also write a resumable mid-epoch last.pt every N steps
+    overwrite: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "run",
+                  "help": "replace the run an out_dir you named already holds (its run files are deleted first)"})
+    checkpoint_every_steps: Optional[int] = dataclasses.field(
+        default=None,
+        metadata={"group": "run",
+                  "help": "also write a resumable mid-epoch last.pt every N steps (None: at epoch ends only)"})
+    precision: str = dataclasses.field(
+        default="auto", metadata={"group": "performance", "help": "auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16"})
+    channels_last: Optional[bool] = dataclasses.field(
+        default=None, metadata={"group": "performance", "help": "channels_last memory format (None: on for CUDA)"})
+    cuda_graphs: Optional[bool] = dataclasses.field(
+        default=None,
+        metadata={"group": "performance",
+                  "help": "replay the attack and the step through CUDA graphs (None: on for CUDA)"})
+    compile: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "performance",
+                  "help": "torch.compile the models (in place: checkpoint keys unchanged)"})
+    optimizer: str = dataclasses.field(
+        default="auto",
+        metadata={"group": "performance",
+                  "help": "auto (fused SGD on CUDA) | sgd | fused | apex (if importable)"})
+    sync_batchnorm: bool = dataclasses.field(
+        default=False,
+        metadata={"group": "performance",
+                  "help": "under torchrun: synchronise BatchNorm statistics across ranks"})
 
     def __post_init__(self):
         # Every field is checked when the config is built (Python, YAML, CLI, dataclasses.replace),
@@ -182,24 +303,72 @@ def list_presets():
     return sorted(set(_yaml_presets()) | set(_generated_presets()))
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key, first, second):
+        super().__init__(key)
+        self.key, self.first, self.second = key, first, second
+
+
+def _yaml_load(stream):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (safe_load silently keeps
+    the last one, so a YAML file's first `epochs:` would be ignored)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may override keys on purpose
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: yaml's own error below names it
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise _DuplicateKey(key, first, key_node.start_mark.line + 1)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(stream, Loader=UniqueKeyLoader)
+
+
 def _read_yaml(path):
     import yaml
 
+    if os.path.isdir(path):
+        raise ValueError(f"config file {path!r} is a folder; give the path of a YAML file")
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f) or {}
+            data = _yaml_load(f)
+    except _DuplicateKey as dup:
+        raise ValueError(f"config file {path!r} sets {dup.key!r} twice (lines {dup.first} and {dup.second}); "
+                         "keep one of them") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ValueError(f"config file {path!r} is not valid YAML{at}: {problem}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(f"config file {path!r} could not be read: {exc}") from None
+        raise ValueError(f"config file {path!r} could not be read ({type(exc).__name__}: {exc}); give a UTF-8 "
+                         "YAML text file") from None
+    if data is None:
+        raise ValueError(f"config file {path!r} is empty (no keys); give at least one key, e.g. 'epochs: 30', "
+                         "or leave the file out")
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of keys to values, got {type(data).__name__}")
+    _check_method_args_mapping(data.get("method_args", {}), f"config file {path!r}")
     return data
+
+
+def _check_method_args_mapping(value, where):
+    """method_args must be a mapping of option names to values (None: none given)."""
+    if value is not None and not isinstance(value, dict):
+        raise TypeError(f"{where}: method_args must be a mapping of the method's option names to values, e.g. "
+                        f"{{T_push: 3}} (or give the options as top-level keys); got {value!r} "
+                        f"({type(value).__name__})")
 
 
 def _merge_layers(parent, child):
@@ -290,6 +459,7 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
         out_dir_given = True
     for layer in layers:
         layer = dict(layer)
+        _check_method_args_mapping(layer.get("method_args"), "config")
         method_args.update(layer.pop("method_args", None) or {})
         merged.update(layer)
     method = merged.get("method", TrainConfig.method)
@@ -363,6 +533,9 @@ def validate_config(config):
         object.__setattr__(config, "test_attacks", tuple(config.test_attacks))
     for name in FIELD_NAMES:
         _check_type(name, getattr(config, name), hints[name])
+        value = getattr(config, name)
+        if isinstance(value, float) and not math.isfinite(value):  # no float field means anything by inf/nan
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
     for name, bounds in _RANGES.items():
         _check_range(name, getattr(config, name), bounds)
     for name, choices in _CHOICES.items():
@@ -409,9 +582,18 @@ def validate_config(config):
         raise ValueError("model_dir is an empty string; give the folder of RobustBench checkpoints (default: models)")
     _check_robustbench_teachers(config)
     _check_transfer_columns(config)
+    from .models.normalization import AUTO, DATASET_STATS
+
     for name in ("student_normalize", "robust_teacher_normalize", "clean_teacher_normalize"):
-        if getattr(config, name) == "":
+        value = getattr(config, name)
+        if value == "":
             raise ValueError(f"{name} is an empty string; give true, false or a dataset-statistics name")
+        if isinstance(value, str):  # checked now, not when the model is built after the teachers trained
+            allowed = ((AUTO,) if name != "student_normalize" else ()) + tuple(sorted(DATASET_STATS))
+            if value not in allowed:
+                close = difflib.get_close_matches(value, allowed, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"{name} must be true, false or one of {', '.join(allowed)}; got {value!r}.{hint}")
     for name in ("wandb_project", "wandb_group"):  # names W&B accepts (it refuses these characters)
         value = getattr(config, name)
         if value is not None and (not value.strip() or any(c in value for c in "/\\#?%:")):
@@ -448,59 +630,111 @@ def _check_transfer_columns(config):
 # ---- parsing "--key value" strings from the command line ---------------------------------------
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+_NONE = {"none", "null"}
 
 
-def _parse_number(text):
-    """'0.1', '3', '8/255' -> float/int."""
-    if "/" in text:
-        num, den = text.split("/", 1)
-        if float(den) == 0:
-            raise ValueError(f"{text!r} divides by zero")
-        return float(num) / float(den)
-    return float(text) if any(c in text for c in ".eE") else int(text)
+def _parse_float(text):
+    """'0.1', '3', '1e-4', '8/255' -> a finite float; ValueError naming what was expected."""
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            if float(den) == 0:
+                raise ValueError(f"{text!r} divides by zero")
+            value = float(num) / float(den)
+        else:
+            value = float(text)
+    except ValueError as exc:
+        if "divides by zero" in str(exc):
+            raise
+        raise ValueError(f"expected a number (e.g. 0.1, 1e-4 or 8/255), got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _parse_int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {text!r}") from None
+
+
+def _guess(text):
+    """A method option given on the command line without a known type: bool, None, int, float, else str."""
+    lowered = text.lower()
+    if lowered in _TRUE | _FALSE:
+        return lowered in _TRUE
+    if lowered in _NONE:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return _parse_float(text)
+    except ValueError:
+        return text
 
 
 def parse_value(text, annotation):
-    """Convert a command-line string to the type of a TrainConfig field (or a guess for options)."""
+    """Convert a command-line string to the type of a TrainConfig field (or a guess for options).
+
+    Booleans: true/false, yes/no, on/off, 1/0. Optional fields: none/null. Floats: finite numbers
+    or fractions (8/255). Lists: comma-separated ('none': an empty list). Mappings: YAML flow style
+    ('{width: 16}'). Raises ValueError saying which type was expected (the caller adds the option).
+    """
     if not isinstance(text, str):
         return text
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin is typing.Union and type(None) in args:  # Optional[X]
-        if text.lower() in ("none", "null", ""):
+        if text.lower() in _NONE or text == "":
             return None
-        return parse_value(text, next(a for a in args if a is not type(None)))
+        rest = [a for a in args if a is not type(None)]
+        return parse_value(text, rest[0] if len(rest) == 1 else typing.Union[tuple(rest)])
+    if origin is typing.Union:  # e.g. Union[bool, str]: a boolean word is a bool, else the text
+        if bool in args and text.lower() in _TRUE | _FALSE | _NONE:
+            return text.lower() in _TRUE  # none: off (as `ciard-fast eval --normalize none`)
+        if str in args:
+            return text
+        return parse_value(text, args[0])
     if annotation is bool:
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
-        raise ValueError(f"expected true/false, got {text!r}")
+        raise ValueError(f"expected true or false, got {text!r}")
     if annotation is int:
-        return int(text)
+        return _parse_int(text)
     if annotation is float:
-        return float(_parse_number(text))
+        return _parse_float(text)
     if annotation is str:
         return text
     if annotation is dict:
-        import yaml
-
-        data = yaml.safe_load(text)
+        data = _yaml_mapping(text)
         if not isinstance(data, dict):
             raise ValueError(f"expected a mapping such as '{{width: 16}}', got {text!r}")
         return data
     if origin in (tuple, list) or annotation in (tuple, list):
         # Tuple[int, ...] -> each element as int ("215,260,285" -> (215, 260, 285))
         element = args[0] if args and args[0] is not Ellipsis else str
-        return tuple(parse_value(p.strip(), element) for p in text.split(",") if p.strip())
-    # Unknown annotation (method options given on the CLI): best guess.
-    lowered = text.lower()
-    if lowered in _TRUE | _FALSE:
-        return lowered in _TRUE
-    if lowered in ("none", "null"):
-        return None
+        if text.strip().lower() in _NONE:
+            return ()
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        if not parts:
+            raise ValueError(f"expected a comma-separated list, got {text!r} (which lists nothing); "
+                             "write none for an empty list")
+        return tuple(parse_value(p, element) for p in parts)
+    return _guess(text)  # unknown annotation (method options given on the CLI)
+
+
+def _yaml_mapping(text):
+    import yaml
+
     try:
-        return _parse_number(text)
-    except ValueError:
-        return text
+        return _yaml_load(text)
+    except _DuplicateKey as dup:
+        raise ValueError(f"{text!r} sets {dup.key!r} twice") from None
+    except yaml.YAMLError:
+        raise ValueError(f"expected a mapping such as '{{width: 16}}', got {text!r}") from None
 
 
 def field_types(method=None):
@@ -513,3 +747,133 @@ def field_types(method=None):
         options = get_method(method).Options
         types.update({k: v for k, v in typing.get_type_hints(options).items() if k not in types})
     return types
+
+
+# ---- the fields described: `train/teacher/compare --help` and docs/config.md -----------------------
+# Every TrainConfig field declares {"group": one of these, "help": one line} in its metadata.
+FIELD_GROUPS = ("data", "models", "teachers", "method", "attack", "evaluation", "run", "performance")
+GROUP_TITLES = {
+    "data": "data: what is trained on", "models": "models: the student",
+    "teachers": "teachers: the robust and clean teachers, given or trained first",
+    "method": "method: the training method and its optimiser", "attack": "attack: the training attack",
+    "evaluation": "evaluation: validation during training and the final test table",
+    "run": "run: folders, seeds, devices, resuming, logging",
+    "performance": "performance: speed switches (harmless on a CPU)",
+}
+
+
+def _type_text(annotation):
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union:
+        return " | ".join(_type_text(a) for a in args)
+    if origin in (tuple, list):
+        return f"list of {_type_text(args[0])}" if args else "list"
+    return {type(None): "none", bool: "true|false", int: "int", float: "float", str: "str",
+            dict: "mapping"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
+
+
+def _default_text(value):
+    """A default as it is written on the command line: none, true/false, 8/255, a,b,c, {}."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        k = value * 255
+        if value < 1 and abs(k - round(k)) < 1e-9 and round(k) > 0:
+            return f"{round(k)}/255"
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) if value else "none"
+    if isinstance(value, dict):
+        return "{}" if not value else "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+def field_docs():
+    """[(group, name, type, default, meaning)] of every TrainConfig field, grouped in
+    FIELD_GROUPS order (declaration order within a group); the text of `--help` and docs/config.md.
+    A field without a description or with an unknown group shows "(no description)" / "other"
+    here, and tests/test_config_docs.py fails on it."""
+    hints = typing.get_type_hints(TrainConfig)
+    rows = []
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        group = f.metadata.get("group") if f.metadata.get("group") in FIELD_GROUPS else "other"
+        rows.append((group, f.name, _type_text(hints[f.name]), _default_text(default),
+                     f.metadata.get("help") or "(no description)"))
+    order = {g: i for i, g in enumerate(FIELD_GROUPS + ("other",))}
+    return sorted(rows, key=lambda r: order[r[0]])  # stable: declaration order within a group
+
+
+def config_help(width=100):
+    """Every config field as `--help` text: one block per group, each field with its type,
+    default and meaning (the command line's spelling: underscores; dashes are accepted too)."""
+    import textwrap
+
+    lines = ["config fields (any of them as --name value; dashes or underscores; booleans as --name true|false or "
+             "a bare --name; lists comma-separated; none for an unset value):"]
+    current = None
+    for group, name, kind, default, meaning in field_docs():
+        if group != current:
+            lines += ["", f"  {GROUP_TITLES.get(group, group)}"]
+            current = group
+        lines.append(f"    --{name} {kind} (default {default})")
+        lines += textwrap.wrap(meaning, width=width, initial_indent=" " * 8, subsequent_indent=" " * 8)
+    lines += ["", "A method's own options (e.g. --T_push 3 for ciard) are given the same way; "
+              "docs/config.md lists every field."]
+    return "\n".join(lines)
+
+
+def config_markdown():
+    """docs/config.md: every TrainConfig field, grouped, with type, default and meaning. Generated
+    (`python -m ciard_fast.config --markdown > docs/config.md`); a test checks it is up to date."""
+    lines = [
+        "# Configuration",
+        "",
+        "<!-- generated by `python -m ciard_fast.config --markdown > docs/config.md`; do not edit by hand -->",
+        "",
+        "Every run is described by one `ciard_fast.TrainConfig`. Its fields are set, from lowest to",
+        "highest precedence, by the dataclass defaults, a preset (`--preset`, `ciard_fast/presets/`),",
+        "a YAML file (`--config file.yaml`) and keyword arguments or command-line options.",
+        "Every value is checked when the config is built, before any data is read or any model trained.",
+        "",
+        "On the command line (`ciard-fast train`, `teacher`, `compare`) any field is `--name value`:",
+        "",
+        "- names are written with underscores (`--batch_size 64`); the dashed spelling (`--batch-size`) is",
+        "  accepted as well;",
+        "- booleans are `--name true|false` (also yes/no, on/off, 1/0); a bare `--name` means true;",
+        "- numbers may be fractions (`--eps 8/255`); every float must be finite;",
+        "- lists are comma-separated (`--test_attacks clean,pgd_sat`), `none` is the empty list;",
+        "- optional values take `none` (`--val_size none`); mappings are YAML (`--student_args '{width: 16}'`",
+        "  or `--student_args.width 16`);",
+        "- a method's own options are given the same way (`--T_push 3`) or as `method_args` in YAML.",
+        "",
+        "In a YAML file the same names are keys (`batch_size: 64`); a key given twice is an error.",
+        "",
+    ]
+    current = None
+    for group, name, kind, default, meaning in field_docs():
+        if group != current:
+            if current is not None:
+                lines.append("")
+            lines += [f"## {GROUP_TITLES.get(group, group)}", "", "| field | type | default | meaning |",
+                      "| --- | --- | --- | --- |"]
+            current = group
+        cells = [f"`{name}`", kind.replace("|", "\\|"), f"`{default}`",
+                 meaning.replace("|", "\\|").replace("<", "\\<")]  # <out_dir> is not an HTML tag
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # python -m ciard_fast.config --markdown  (or --help-text)
+    import sys
+
+    from ciard_fast import config as _config  # the package's module, not this __main__ copy
+
+    if sys.argv[1:] == ["--markdown"]:
+        sys.stdout.write(_config.config_markdown())
+    elif sys.argv[1:] == ["--help-text"]:
+        print(_config.config_help())
+    else:
+        sys.exit("usage: python -m ciard_fast.config --markdown | --help-text")

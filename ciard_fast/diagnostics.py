@@ -24,7 +24,6 @@ Checks, in order:
   throughput    a 5-second probe of the CIARD training step (tiny models on CPU; ResNet-18
                 student and teachers in bf16 with CUDA graphs on a GPU): images/s
 """
-import argparse
 import dataclasses
 import datetime
 import json
@@ -373,6 +372,10 @@ def doctor(device="auto", json_path=None, stream=None):
     begin = time.perf_counter()
     import torch
     device = _resolve(device)
+    if json_path:  # checked before a minute of checks, not after (ciard_fast/outputs.py)
+        from .outputs import check_output_file
+
+        check_output_file(json_path, option="--json")
     checks = []
 
     def emit(check):
@@ -384,7 +387,9 @@ def doctor(device="auto", json_path=None, stream=None):
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: more intra-op threads only add synchronisation
     if device.type == "cuda" and not torch.cuda.is_available():
-        emit(Check("device", "fail", f"--device cuda, but torch {torch.__version__} sees no CUDA device"))
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        emit(Check("device", "fail", f"--device cuda, but torch {torch.__version__} ({build}) sees no CUDA device; "
+                                     "run ciard-fast doctor --device cpu to check the rest"))
     else:
         for name, fn in _CHECKS:
             start = time.perf_counter()
@@ -410,14 +415,18 @@ def doctor(device="auto", json_path=None, stream=None):
 # ---- CLI -------------------------------------------------------------------------------------------
 
 def add_arguments(parser):
-    parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"),
-                        help="where to run the checks (default: cuda when available)")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write every check as JSON to PATH")
+    from .cli_options import add_option
+
+    add_option(parser, "device", default="auto", choices=("auto", "cuda", "cpu"),
+               help="where to run the checks (default: cuda when available)")
+    add_option(parser, "json", metavar="PATH", default=None, help="also write every check as JSON to PATH")
 
 
 def run(args):
     report = doctor(args.device, json_path=args.json)
     failed = [c.name for c in report.checks if c.status == "fail"]
+    if [c.name for c in report.checks] == ["device"] and failed:
+        return 1  # --device cuda without CUDA: its one FAIL line says it all (nothing else could run)
     skipped = sum(c.status == "skip" for c in report.checks)
     passed = sum(c.status == "pass" for c in report.checks)
     print(f"doctor: {passed} passed, {len(failed)} failed, {skipped} skipped in {report.seconds:.1f} s"
@@ -428,6 +437,8 @@ def run(args):
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(prog="ciard-fast doctor")
+    from .cli_options import Parser
+
+    parser = Parser(prog="ciard-fast doctor")
     add_arguments(parser)
     raise SystemExit(run(parser.parse_args()))

@@ -89,6 +89,14 @@ def test_cuda_requested_without_a_gpu_fails(monkeypatch, capsys):
     assert not report.ok and report.checks[0].name == "device" and "no CUDA device" in report.checks[0].detail
     with pytest.raises(ValueError, match="device must be"):
         diagnostics.doctor("tpu", stream=False)
+    # on the command line: one line, the failed device check (nothing else could run)
+    from ciard_fast.cli import main
+
+    capsys.readouterr()
+    assert main(["doctor", "--device", "cuda"]) == 1
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("FAIL") and "--device cuda" in lines[0] and "no CUDA device" in lines[0]
 
 
 def test_public_entry_point():

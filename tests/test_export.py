@@ -233,13 +233,22 @@ def test_run_card_has_every_field_and_the_results_json_accuracies(run):
 def test_card_reads_teachers_json_and_changes_hash_with_the_config(run, tmp_path):
     result, _ = run
     (tmp_path / "teachers.json").write_text(json.dumps(
-        {"robust": {"path": "r.pt", "model": "small_cnn", "normalize": True, "val_clean": 81.5, "val_pgd": 40.25}}))
+        {"unit": "percent",
+         "robust": {"path": "r.pt", "model": "small_cnn", "normalize": True, "val_clean": 81.5, "val_pgd": 40.25}}))
     model = _reference(result.best_checkpoint)
     state = load_checkpoint(result.best_checkpoint)["student"]
     sizes = {"train": 96, "val": 64, "test": 64}
     card = build_model_card(result.config, model, sizes, result.metrics, result.best_checkpoint, state,
                             teacher_paths=result.teachers, out_dir=str(tmp_path))
     assert card["teachers"]["robust"]["val_clean"] == 81.5 and card["teachers"]["robust"]["val_pgd"] == 40.25
+    assert card["teachers"]["robust"]["unit"] == "percent" and card["evaluation"]["unit"] == "percent"
+    # a teachers.json of an earlier version (no "unit": fractions) is read in percent
+    (tmp_path / "teachers.json").write_text(json.dumps(
+        {"robust": {"path": "r.pt", "model": "small_cnn", "normalize": True, "val_clean": 0.815, "val_pgd": 0.4025}}))
+    old = build_model_card(result.config, model, sizes, result.metrics, result.best_checkpoint, state,
+                           teacher_paths=result.teachers, out_dir=str(tmp_path))
+    assert old["teachers"]["robust"]["val_clean"] == pytest.approx(81.5)
+    assert old["teachers"]["robust"]["val_pgd"] == pytest.approx(40.25)
     other = build_model_card(result.config.replace(seed=1), model, sizes, result.metrics, result.best_checkpoint,
                              state, out_dir=str(tmp_path))
     moved = build_model_card(result.config.replace(out_dir=str(tmp_path / "elsewhere")), model, sizes,
@@ -342,16 +351,41 @@ def test_cli_exports_and_prints_the_figures(run, tmp_path, capsys):
     assert out.is_file() and (tmp_path / "student.onnx.model_card.json").is_file()
 
 
-def test_cli_refuses_a_teacher_checkpoint_unless_allowed(run, tmp_path, capsys):
+def test_a_natural_run_exports_without_a_flag_and_its_card_says_it_is_not_robust(run, tmp_path, capsys):
     _, teacher = run
-    out = tmp_path / "teacher.safetensors"
+    out = tmp_path / "natural.safetensors"
     code, _, err = _cli(capsys, "--checkpoint", teacher.last_checkpoint, "--format", "safetensors", "--out", str(out))
-    assert code == 2 and len(err.strip().splitlines()) == 1
-    assert "teacher run (method 'natural')" in err and "--allow_teacher" in err and not out.exists()
-    code, _, err = _cli(capsys, "--checkpoint", teacher.last_checkpoint, "--format", "safetensors", "--out", str(out),
-                        "--allow_teacher")
     assert code == 0, err
-    assert json.loads(open(str(out) + ".model_card.json").read())["training"]["teacher_run"] is True
+    card = json.loads(open(str(out) + ".model_card.json").read())
+    assert card["training"]["method"] == "natural" and card["training"]["teacher_run"] is True
+    assert "natural classifier" in card["training"]["what"] and "not robust" in card["training"]["what"]
+    assert "**What it is:** natural classifier" in open(str(out) + ".model_card.md").read()
+    # the earlier opt-in flag is still accepted (and changes nothing)
+    code, _, err = _cli(capsys, "--checkpoint", teacher.last_checkpoint, "--format", "safetensors", "--out",
+                        str(tmp_path / "again.safetensors"), "--allow_teacher")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("method,words", [("sat", "adversarially trained classifier (SAT"),
+                                          ("trades", "adversarially trained classifier (TRADES"),
+                                          ("ard", "robust student distilled with ARD from a robust teacher")])
+def test_the_card_says_what_each_kind_of_run_is(run, method, words):
+    from ciard_fast.engine.model_card import describe_model
+
+    result, _ = run
+    assert words in describe_model(result.config.replace(method=method, method_args={}))
+
+
+def test_a_checkpoint_from_before_the_first_epoch_is_no_trained_model(run, tmp_path, capsys):
+    from ciard_fast.engine.checkpoint import save_checkpoint
+
+    result, _ = run
+    state = load_checkpoint(result.last_checkpoint)
+    early = tmp_path / "early" / "last.pt"
+    save_checkpoint(early, dict(state, epoch=0))
+    out = tmp_path / "early.onnx"
+    code, _, err = _cli(capsys, "--checkpoint", str(early), "--format", "onnx", "--out", str(out))
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no trained model yet" in err and not out.exists()
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -96,6 +96,7 @@ def test_auto_recognises_a_raw_teacher_and_a_normalised_one(tmp_path, capsys):
     hub = save(probe_state(normalized=True), tmp_path / "hub.pt")
     run(tmp_path, "run", robust=raw, clean=hub)  # both normalisations default to auto for files
     report = json.loads((tmp_path / "run" / "teachers.json").read_text())
+    assert report["unit"] == "percent"                   # the file says in what its accuracies are
     assert report["robust"]["normalize"] is False        # raw pixels
     assert report["clean"]["normalize"] is True          # the dataset's statistics
     assert report["robust"]["path"] == raw and report["clean"]["path"] == hub
@@ -104,9 +105,9 @@ def test_auto_recognises_a_raw_teacher_and_a_normalised_one(tmp_path, capsys):
                                ("clean", "dataset statistics", "raw pixels")):
         measured = report[kind]["auto"]
         assert set(measured) == {"raw pixels", "dataset statistics"}  # synthetic: no published stats
-        assert measured[right] > 0.9 and measured[wrong] < measured[right] - 0.2, (kind, measured)
+        assert measured[right] > 90 and measured[wrong] < measured[right] - 20, (kind, measured)  # percent
         assert report[kind]["val_clean"] == pytest.approx(measured[right])
-    assert 0.0 <= report["robust"]["val_pgd"] <= report["robust"]["val_clean"]
+    assert 0.0 <= report["robust"]["val_pgd"] <= report["robust"]["val_clean"] <= 100.0
     assert "val_pgd" not in report["clean"]
     out = capsys.readouterr().out
     assert "[robust teacher] test_template_probe" in out and "input: raw pixels" in out
@@ -119,9 +120,9 @@ def test_explicit_normalisation_is_kept_and_a_better_one_is_warned_about(tmp_pat
     run(tmp_path, "run", robust=raw, clean=raw, robust_teacher_normalize=False, clean_teacher_normalize=True)
     report = json.loads((tmp_path / "run" / "teachers.json").read_text())
     assert report["robust"]["normalize"] is False and "auto" not in report["robust"]
-    assert report["robust"]["val_clean"] > 0.9
+    assert report["robust"]["val_clean"] > 90  # percent
     assert report["clean"]["normalize"] is True  # kept as configured
-    assert report["clean"]["alternatives"]["raw pixels"] > report["clean"]["val_clean"] + 0.2
+    assert report["clean"]["alternatives"]["raw pixels"] > report["clean"]["val_clean"] + 20
     out = capsys.readouterr().out
     assert "[clean teacher] WARNING: configured input dataset statistics" in out and "raw pixels gives" in out
     assert "[robust teacher] WARNING" not in out
@@ -192,3 +193,48 @@ def test_resume_reuses_the_recorded_auto_choice(tmp_path, monkeypatch):
     (tmp_path / "run" / "teachers.json").unlink()
     with pytest.raises(ValueError, match="teachers.json"):
         ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))
+
+
+def test_a_teachers_json_in_fractions_of_an_earlier_version_is_read_in_percent(tmp_path):
+    """Files written before teachers.json recorded its unit hold fractions: read back in percent
+    (resume, reuse, the model card), and recognised by the missing "unit" key."""
+    from ciard_fast.engine.teacher_checks import read_teachers_json, teacher_entries
+
+    old = {"robust": {"path": "r.pt", "model": "m", "normalize": False, "val_clean": 0.875, "val_pgd": 0.5,
+                      "auto": {"raw pixels": 0.875, "dataset statistics": 0.25}, "weak": False},
+           "clean": {"path": "c.pt", "model": "m", "normalize": True, "val_clean": 0.9,
+                     "alternatives": {"raw pixels": 0.125}, "weak": False}}
+    (tmp_path / "teachers.json").write_text(json.dumps(old))
+    report = read_teachers_json(str(tmp_path))
+    assert report["unit"] == "percent"
+    assert report["robust"]["val_clean"] == pytest.approx(87.5) and report["robust"]["val_pgd"] == pytest.approx(50.0)
+    assert report["robust"]["auto"] == {"raw pixels": pytest.approx(87.5), "dataset statistics": pytest.approx(25.0)}
+    assert report["clean"]["alternatives"]["raw pixels"] == pytest.approx(12.5)
+    assert report["robust"]["normalize"] is False and report["robust"]["weak"] is False  # not numbers: unchanged
+    assert set(teacher_entries(report)) == {"robust", "clean"}
+    # a file in percent is read as it is
+    (tmp_path / "teachers.json").write_text(json.dumps({"unit": "percent", "clean": {"val_clean": 87.5}}))
+    assert read_teachers_json(str(tmp_path))["clean"]["val_clean"] == 87.5
+    # a damaged file is one error naming it
+    (tmp_path / "teachers.json").write_text("{not json")
+    with pytest.raises(ValueError, match="teachers.json could not be read"):
+        read_teachers_json(str(tmp_path))
+
+
+def test_resume_reads_an_auto_choice_recorded_in_fractions(tmp_path, monkeypatch):
+    """A run started by an earlier version (teachers.json in fractions) resumes with its recorded
+    normalisation, and its model card shows the teachers' accuracies in percent."""
+    raw = save(probe_state(normalized=False), tmp_path / "raw.pt")
+    hub = save(probe_state(normalized=True), tmp_path / "hub.pt")
+    run(tmp_path, "run", robust=raw, clean=hub, epochs=2, stop_after=1)
+    path = tmp_path / "run" / "teachers.json"
+    report = json.loads(path.read_text())
+    percent = {kind: report[kind]["val_clean"] for kind in ("robust", "clean")}
+    old = {kind: dict(entry, val_clean=entry["val_clean"] / 100) for kind, entry in report.items() if kind != "unit"}
+    path.write_text(json.dumps(old))  # as an earlier version wrote it
+    resumed = ciard_fast.train(resume=str(tmp_path / "run" / "last.pt"))
+    assert resumed.history[-1]["epoch"] == 2
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    for kind in ("robust", "clean"):
+        assert card["teachers"][kind]["val_clean"] == pytest.approx(percent[kind])
+        assert card["teachers"][kind]["unit"] == "percent"

@@ -18,86 +18,70 @@ that run's did: its ``student_normalize`` (True, False, a ``DATASET_STATS`` name
 import argparse
 import os
 import sys
-from fractions import Fraction
 
-import torch
-
+from ..cli_options import add_option, fraction_in_unit_interval, nonnegative_int, positive_int
 from .checks import EvaluationCheckError
-from .columns import list_attacks
+from .columns import get_attack, list_attacks
 from .evaluate import ATTACKS
 from .protocols import PROTOCOLS
 
 __all__ = ["add_arguments", "run", "parse_eps", "positive_int", "read_checkpoint", "describe_normalization"]
 
 
-def parse_eps(text):
-    """'8/255' -> 0.0313..., '0.03' -> 0.03; argparse type (raises ArgumentTypeError)."""
-    try:
-        value = float(Fraction(text.strip())) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"eps must be a number or a fraction like 8/255, got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"eps must be in [0, 1] (pixels in [0, 1]: 8/255, not 8), got {text!r}")
-    return value
-
-
-def positive_int(text):
-    """'3' -> 3; argparse type for counts (raises ArgumentTypeError below 1 or for a non-integer)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+# argparse types of the command line's one convention (`ciard_fast.cli_options`), under the names
+# other modules import them by
+parse_eps = fraction_in_unit_interval
 
 
 def add_arguments(parser):
-    parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="state dict or checkpoint (.pt); a trainer checkpoint's 'student' is used (not needed "
-                             "with --model robustbench:NAME, which reads --model_dir)")
-    parser.add_argument("--model", default=None,
-                        help="registered model name (default: the checkpoint config's student), or robustbench:NAME "
-                             "for a RobustBench zoo model (its architecture and normalisation come with the entry)")
-    parser.add_argument("--dataset", default=None,
-                        help="dataset name, e.g. cifar10 (default: the checkpoint config's dataset)")
-    parser.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: $CIARD_FAST_DATA)")
-    parser.add_argument("--split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
-    parser.add_argument("--attacks", default=None,
-                        help=f"comma-separated columns from {','.join(list_attacks())} (default: the protocol's; "
-                             f"standard: {','.join(ATTACKS)})")
-    parser.add_argument("--protocol", default="standard", choices=tuple(PROTOCOLS),
-                        help="standard (default) or ciard-paper: the CIARD paper's nine columns in its order "
-                             "(Clean, FGSM, PGD-SAT, PGD-TRADES, CW, BB PGD-TRADES, Square 100 queries, BB CW, AA); "
-                             "needs --surrogate")
-    parser.add_argument("--surrogate", default=None, metavar="PATH|robustbench:NAME",
-                        help="the model the transfer (BB) columns are crafted on: a weights file or a RobustBench "
-                             "entry (e.g. robustbench:Zhang2019Theoretically, the CIARD script's)")
-    parser.add_argument("--surrogate_model", default=None, metavar="NAME",
-                        help="registered model name of --surrogate PATH (default: its checkpoint config's)")
-    parser.add_argument("--surrogate_normalize", default=None, metavar="{dataset,none,NAME}",
-                        help="input normalisation of --surrogate PATH, as --normalize (default: its checkpoint "
-                             "config's setting, else none)")
-    parser.add_argument("--model_dir", default="models", metavar="DIR",
-                        help="RobustBench's download folder: robustbench:NAME reads DIR/<dataset>/Linf/NAME.pt "
-                             "(default: models)")
-    parser.add_argument("--n", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
-    parser.add_argument("--eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
-    parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--num-classes", type=positive_int, default=None,
-                        help="model output classes (default: the dataset's)")
-    parser.add_argument("--normalize", default=None, metavar="{dataset,none,NAME}",
-                        help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "
-                             "input; or a name of published statistics (e.g. cifar10_legacy; see "
-                             "ciard_fast.models.DATASET_STATS). Default: the checkpoint config's setting, else none")
-    parser.add_argument("--json", default=None, metavar="PATH", help="also write the report as JSON")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts and AutoAttack")
-    parser.add_argument("--strict", action="store_true",
-                        help="raise on a failed sanity check (train mode, probabilities, PGD > FGSM ...)")
-    parser.add_argument("--aa-on-robust-only", action="store_true",
-                        help="run AutoAttack only on examples robust to every other column (faster)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    add_option(parser, "weights", default=None, metavar="PATH",
+               help="state dict or checkpoint (.pt); a trainer checkpoint's evaluated weights are used (not needed "
+                    "with --model robustbench:NAME, which reads --model_dir)")
+    add_option(parser, "model", default=None,
+               help="registered model name (default: the checkpoint config's student), or robustbench:NAME for a "
+                    "RobustBench zoo model (its architecture and normalisation come with the entry)")
+    add_option(parser, "dataset", default=None,
+               help="dataset name, e.g. cifar10 (default: the checkpoint config's dataset)")
+    add_option(parser, "data_root", "--root", default=None, metavar="DIR",
+               help="dataset folder (default: the checkpoint config's data_root, else $CIARD_FAST_DATA)")
+    add_option(parser, "split", default="test", choices=("test", "val"), help="split to evaluate (default test)")
+    add_option(parser, "attacks", default=None,
+               help=f"comma-separated columns from {','.join(list_attacks())} (default: the protocol's; "
+                    f"standard: {','.join(ATTACKS)})")
+    add_option(parser, "protocol", default="standard", choices=tuple(PROTOCOLS),
+               help="standard (default) or ciard-paper: the CIARD paper's nine columns in its order (Clean, FGSM, "
+                    "PGD-SAT, PGD-TRADES, CW, BB PGD-TRADES, Square 100 queries, BB CW, AA); needs --surrogate")
+    add_option(parser, "surrogate", default=None, metavar="PATH|robustbench:NAME",
+               help="the model the transfer (BB) columns are crafted on: a weights file or a RobustBench entry "
+                    "(e.g. robustbench:Zhang2019Theoretically, the CIARD script's)")
+    add_option(parser, "surrogate_model", default=None, metavar="NAME",
+               help="registered model name of --surrogate PATH (default: its checkpoint config's)")
+    add_option(parser, "surrogate_normalize", default=None, metavar="{dataset,none,NAME}",
+               help="input normalisation of --surrogate PATH, as --normalize (default: its checkpoint config's "
+                    "setting, else none)")
+    add_option(parser, "model_dir", default="models", metavar="DIR",
+               help="RobustBench's download folder: robustbench:NAME reads DIR/<dataset>/Linf/NAME.pt (default: "
+                    "models)")
+    add_option(parser, "n", type=positive_int, default=None, help="evaluate the first N examples (default: all)")
+    add_option(parser, "eps", type=parse_eps, default=8 / 255, help="L-inf radius, e.g. 8/255 (default)")
+    add_option(parser, "batch_size", type=positive_int, default=256, help="images per batch (default 256)")
+    add_option(parser, "num_classes", type=positive_int, default=None,
+               help="model output classes (default: the dataset's)")
+    add_option(parser, "normalize", default=None, metavar="{dataset,none,NAME}",
+               help="'dataset': the model normalises with the dataset's mean/std; 'none': raw [0,1] "
+                    "input; or a name of published statistics (e.g. cifar10_legacy; see "
+                    "ciard_fast.models.DATASET_STATS). Default: the checkpoint config's setting, else none")
+    add_option(parser, "json", default=None, metavar="PATH", help="also write the report as JSON")
+    add_option(parser, "device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    add_option(parser, "seed", type=nonnegative_int, default=0, help="seed of the random starts and AutoAttack")
+    add_option(parser, "strict", flag=True,
+               help="raise on a failed sanity check (train mode, probabilities, PGD > FGSM ...)")
+    add_option(parser, "aa_on_robust_only", flag=True,
+               help="run AutoAttack only on examples robust to every other column (faster)")
+    add_option(parser, "progress", flag=True, default=True, help="progress line on stderr (default true)")
+    # the earlier spelling of --progress false
+    parser.add_argument("--no_progress", "--no-progress", dest="progress", action="store_false",
+                        help=argparse.SUPPRESS)
     return parser
 
 
@@ -109,15 +93,13 @@ def read_checkpoint(path):
     to ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
     """
     from ..engine.checkpoint import eval_weights
+    from ..models.weights import read_tensor_file, read_weights_file
 
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no weights file at {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read {path!r} as a tensor checkpoint (torch.load with weights_only=True "
-                         f"failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}); if you trust the file, "
-                         f"re-save its state_dict with torch.save") from err
+    if os.fspath(path).endswith(".safetensors"):  # e.g. a student written by ciard-fast export
+        return read_weights_file(path), None
+    state = read_tensor_file(path, what="weights file",
+                             fix="give a state dict or a checkpoint of ciard-fast train (copy or download it again "
+                                 "if it was cut short)")
     config = None
     if isinstance(state, dict) and "student" in state and isinstance(state["student"], dict):
         config = state.get("config") if isinstance(state.get("config"), dict) else None
@@ -188,9 +170,9 @@ def _build_from_file(path, checkpoint, model_name, normalize_text, dataset, data
     model = create_model(model_name, num_classes=num_classes, normalize=stats, **model_args)
     try:
         load_weights(model, state)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # what the file holds does not fit: name the file
         if role == "model":
-            raise
+            raise ValueError(f"{path!r}: {err}; give the weights of a {model_name} (or the matching {option})") from None
         raise type(err)(f"--surrogate {path!r} (built as {model_name}; choose it with {option}): {err}") from None
     return model, {"name": model_name, "normalize": normalize, "normalize_from": normalize_from, "weights": path}
 
@@ -236,10 +218,26 @@ def _describe_robustbench(entry, path):
 
 def run(args):
     from ..data import load_dataset
+    from ..engine.precision import resolve_device
     from ..models import robustbench
+    from ..outputs import check_output_file
     from .evaluate import evaluate
 
     try:
+        if args.json:  # before the evaluation, not after it
+            check_output_file(args.json, option="--json",
+                              reads=tuple(p for p in (args.weights, args.surrogate) if p is not None))
+        device = resolve_device(args.device or "auto")  # a device that is not there: one line, first
+        attacks = args.attacks
+        if attacks is not None:
+            attacks = [a.strip() for a in attacks.split(",") if a.strip()]
+            if not attacks:
+                raise ValueError(f"--attacks {args.attacks!r} lists no column; give e.g. clean,pgd_sat (one of "
+                                 f"{','.join(list_attacks())})")
+            for name in attacks:
+                get_attack(name)  # an unknown column: said before the data and the model are loaded
+        elif args.protocol == "standard":
+            attacks = list(ATTACKS)
         zoo_model = robustbench.is_reference(args.model)
         if args.weights is None and not zoo_model:
             raise ValueError("--weights required (or --model robustbench:NAME to evaluate a RobustBench model)")
@@ -261,7 +259,7 @@ def run(args):
                 missing = " and ".join(f"--{k}" for k, v in (("model", model_name), ("dataset", dataset_name))
                                        if v is None)
                 raise ValueError(f"{missing} required: {args.weights!r} has no training config naming them")
-        root = args.root if args.root is not None else config.get("data_root")
+        root = args.data_root if args.data_root is not None else config.get("data_root")
         # the run's own dataset keyword arguments (e.g. a synthetic set's size) apply to its own dataset
         dataset_args = config.get("dataset_args") or {} if dataset_name == config.get("dataset") else {}
         dataset = load_dataset(dataset_name, root=root, split=args.split, **dataset_args)
@@ -292,18 +290,13 @@ def run(args):
             raise ValueError(f"--protocol {args.protocol} has transfer columns (BB PGD-TRADES, BB CW∞) crafted on a "
                              f"surrogate: give --surrogate PATH or robustbench:NAME (the CIARD script uses the robust "
                              f"teacher's original file, robustbench:Zhang2019Theoretically on CIFAR-10)")
-        device = torch.device(args.device) if args.device else \
-            torch.device("cuda" if torch.cuda.is_available() else "cpu")
         model = model.to(device).eval()
         print(f"model {header}, dataset {dataset_name}/{args.split} ({len(dataset.labels)} images)")
         if surrogate is not None:
             surrogate = surrogate.to(device).eval()
             print(f"surrogate of the transfer columns: {surrogate_header}")
-        attacks = args.attacks
-        if attacks is None and args.protocol == "standard":
-            attacks = ",".join(ATTACKS)
         report = evaluate(model, dataset, attacks=attacks, eps=args.eps, batch_size=args.batch_size, n=args.n,
-                          strict=args.strict, device=device, progress=not args.no_progress, seed=args.seed,
+                          strict=args.strict, device=device, progress=args.progress, seed=args.seed,
                           aa_on_robust_only=args.aa_on_robust_only, surrogate=surrogate, protocol=args.protocol,
                           surrogate_name=surrogate_name)
         report.model = model_name

@@ -19,7 +19,7 @@ from .columns import BUILTIN, WORST, AttackContext, get_attack, list_attacks
 from .progress import Progress
 from .protocols import get_protocol
 from .report import EvalReport
-from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_radius
+from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_logits, check_radius
 
 __all__ = ["evaluate", "ATTACKS", "DEFAULT_ATTACKS", "default_hyperparameters"]
 
@@ -210,6 +210,9 @@ def evaluate(model, dataset_or_loader, attacks=None, eps=8 / 255, batch_size=256
     if isinstance(attacks, str):
         attacks = [a.strip() for a in attacks.split(",") if a.strip()]
     attacks = list(attacks)
+    if not attacks:  # e.g. attacks="" or "," from a script: not silently the clean column alone
+        raise ValueError("attacks lists no column; give at least one, e.g. 'clean' or 'clean,pgd_sat' (clean is "
+                         "always reported)")
     for name in attacks:
         get_attack(name)
     if len(set(attacks)) != len(attacks):
@@ -313,7 +316,9 @@ def evaluate(model, dataset_or_loader, attacks=None, eps=8 / 255, batch_size=256
             continue
         if first:
             with torch.no_grad():
-                num_classes = model(xb[:2]).shape[1]
+                probe = model(xb[:2])
+            check_logits(probe, xb[:2].shape[0])  # one logits tensor, not a tuple: said here, not deep inside
+            num_classes = probe.shape[1]
         # Every batch, not only the first: a label >= K later on would silently count as an error.
         check_labels_in_range(yb, num_classes)
         if first:

@@ -14,6 +14,7 @@ from .objectives import OBJECTIVES, ce_objective, cw_objective, kl_objective
 from .validate import (check_choice, check_finite_logits, check_images, check_kappa, check_labels,
                        check_labels_in_range, check_model, check_model_matches, check_radius, check_step_size,
                        check_steps, check_target_logits, describe_value)
+from .validate import check_logits as check_logits_contract
 
 __all__ = ["pgd", "RANDOM_STARTS", "TRAINING_RANDOM_STARTS", "LOSSES", "check_loss"]
 
@@ -150,6 +151,8 @@ def run_pgd(model, x, y, eps, alpha, steps, random_start, loss, target_logits=No
             x_adv.requires_grad_(True)
             logits = model(x_adv)
             if step == 0:
+                if check_logits:
+                    check_logits_contract(logits, x_adv.shape[0])
                 if loss == "cw" and logits.shape[1] < 2:
                     # A shape, not a value: no host sync.
                     raise ValueError(f"loss='cw' needs a model with >= 2 classes, got logits of shape "

@@ -7,6 +7,9 @@ from ..tables import column_label, order_columns, render_table
 
 __all__ = ["EvalReport", "format_eps"]
 
+_UNITS = {"accuracy": "fraction in [0, 1]", "accuracy_pct": "percent"}
+_DERIVED = ("accuracy_pct", "units")  # written by to_dict, recomputed from `accuracy`
+
 
 def format_eps(eps):
     """8/255 -> '8/255 (0.03137)'; radii that are not k/255 are printed as decimals."""
@@ -128,10 +131,17 @@ class EvalReport:
         return self.to_markdown()
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        """The report as a JSON-ready dict: every attribute (``accuracy`` as fractions in [0, 1],
+        the Python attribute), plus ``accuracy_pct`` (the same in percent, as every table and
+        ``results.json`` show it) and ``units`` saying which is which."""
+        data = dataclasses.asdict(self)
+        data["accuracy_pct"] = {k: 100.0 * v for k, v in self.accuracy.items()}
+        data["units"] = dict(_UNITS)
+        return data
 
     @classmethod
     def from_dict(cls, data):
+        data = {k: v for k, v in data.items() if k not in _DERIVED}
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         if unknown:
@@ -139,7 +149,11 @@ class EvalReport:
         return cls(**data)
 
     def save_json(self, path):
-        """Write the report as JSON atomically (`ciard_fast.atomic`)."""
+        """Write the report as JSON atomically (`ciard_fast.atomic`). A path that would replace a
+        run's own file (results.json, a checkpoint ...) is refused (`ciard_fast.outputs`)."""
+        from ..outputs import check_output_file
+
+        check_output_file(path, option="the JSON report path")
         return write_text_atomic(path, json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n")
 
     @classmethod

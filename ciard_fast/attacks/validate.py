@@ -87,6 +87,22 @@ def check_model_matches(model, x, name="x"):
     check_model_dtype(model, x, name)
 
 
+def check_logits(logits, batch_size, name="model"):
+    """The forward's contract: one logits tensor [B, K] (K >= 1) for a batch of B images. A model
+    returning a tuple, a dict or features would otherwise fail deep inside an attack, or be scored
+    on the wrong tensor. A type and a shape, not a value: no host sync."""
+    if not isinstance(logits, torch.Tensor):
+        what = (f"a {type(logits).__name__} of {len(logits)}" if isinstance(logits, (tuple, list, dict))
+                else f"a {type(logits).__name__}")
+        raise TypeError(f"the {name}'s forward returned {what}, but every attack and evaluate need it to return "
+                        "one tensor of logits [batch, classes] for images [batch, C, H, W] in [0, 1]; wrap the "
+                        "model so that it returns the logits alone (e.g. a module whose forward returns "
+                        "model(x)[0])")
+    if logits.dim() != 2 or logits.shape[0] != batch_size or logits.shape[1] < 1:
+        raise ValueError(f"the {name}'s forward returned a tensor of shape {tuple(logits.shape)} for a batch of "
+                         f"{batch_size} images; it must return logits [batch, classes], e.g. [{batch_size}, 10]")
+
+
 def check_finite_logits(logits, name="model"):
     """The first forward's logits must be finite (one host sync): NaN weights would make every
     step's gradient NaN and the attack a silent no-op."""

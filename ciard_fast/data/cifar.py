@@ -46,24 +46,53 @@ def load(variant: str, root: str, part: str, download: bool):
     spec = _VARIANTS[variant]
     folder = ensure_extracted(root, spec["folder"], spec["archive"], download, spec["title"])
     images, labels = [], []
+    fix = (f"delete {folder} (and keep or re-download {spec['archive']}) so that it is extracted again")
     for name in spec["files"][part]:
         path = os.path.join(folder, name)
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a folder where the {spec['title']} batch file should be: {folder} is "
+                             f"damaged; {fix}")
         if not os.path.isfile(path):
             raise FileNotFoundError(
                 f"{path} is missing: {folder} is incomplete. Delete it (and keep or re-download "
                 f"{spec['archive']}) so that it is extracted again."
             )
-        with open(path, "rb") as f:
-            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+        batch = _read_batch(path, fix)
+        missing = [key.decode() for key in (b"data", spec["label_key"]) if key not in batch]
+        if missing:
+            raise ValueError(f"{path} is not a {spec['title']} batch: it has no {' or '.join(missing)} entry "
+                             f"(is it a file of the other CIFAR?); {fix}")
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         if data.ndim != 2 or data.shape[1] != 3072:
-            raise ValueError(f"{path}: b'data' has shape {data.shape}, expected [N, 3072]")
+            raise ValueError(f"{path}: b'data' has shape {data.shape}, expected [N, 3072]; {fix}")
+        batch_labels = np.asarray(batch[spec["label_key"]], dtype=np.int64)
+        if batch_labels.shape != (data.shape[0],):
+            raise ValueError(f"{path}: {data.shape[0]} images but labels of shape {batch_labels.shape}; {fix}")
         # rows are R..G..B planes of 32x32 -> [N, 3, 32, 32] -> NHWC
         images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[spec["label_key"]], dtype=np.int64))
+        labels.append(batch_labels)
     mean, std = DATASET_STATS[spec["stats"]]
     meta = dict(num_classes=spec["num_classes"], mean=mean, std=std)
     return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), meta
+
+
+def _read_batch(path, fix):
+    """One batch file -> its dict, or a ValueError naming the file: empty, truncated, not a pickle."""
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{path} is empty (0 bytes): an interrupted extraction; {fix}")
+    try:
+        with open(path, "rb") as f:
+            batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
+    except pickle.UnpicklingError as exc:
+        if "refusing" in str(exc):  # our unpickler's refusal of anything but arrays and containers
+            raise ValueError(f"{path} is not a CIFAR batch file ({exc}); {fix}") from None
+        raise ValueError(f"{path} is truncated or corrupt, or not a CIFAR batch file ({exc}); {fix}") from None
+    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError,
+            UnicodeDecodeError) as exc:  # what the unpickler raises on cut or foreign bytes
+        raise ValueError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}); {fix}") from None
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} is not a CIFAR batch file (it holds a {type(batch).__name__}, not a dict); {fix}")
+    return batch
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):

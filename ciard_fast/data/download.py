@@ -8,6 +8,7 @@ Two processes (e.g. DDP ranks) racing on the same root both succeed: the loser's
 ``URLS`` and ``MD5`` are module-level dicts keyed by archive file name so that tests (and users
 with a mirror) can override them.
 """
+import gzip
 import hashlib
 import os
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 
 from ..atomic import atomic_write
 
@@ -87,12 +89,17 @@ def extract(archive: str, root: str, folder: str) -> str:
     final = os.path.join(root, folder)
     tmp = tempfile.mkdtemp(dir=root, prefix=f".{folder}.", suffix=".extracting")
     try:
-        if archive.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                zf.extractall(tmp)  # zipfile drops absolute paths and '..' components itself
-        else:
-            with tarfile.open(archive) as tf:
-                _safe_extract_tar(tf, tmp)
+        try:
+            if archive.endswith(".zip"):
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(tmp)  # zipfile drops absolute paths and '..' components itself
+            else:
+                with tarfile.open(archive) as tf:
+                    _safe_extract_tar(tf, tmp)
+        except (tarfile.TarError, zipfile.BadZipFile, gzip.BadGzipFile, EOFError, zlib.error) as err:
+            detail = " ".join(str(err).split())  # tarfile's reasons come on several lines
+            raise ValueError(f"{archive} could not be unpacked ({type(err).__name__}: {detail}): it is truncated or "
+                             "not the expected archive. Delete it and download it again") from None
         unpacked = os.path.join(tmp, folder)
         if not os.path.isdir(unpacked):
             raise ValueError(
@@ -119,11 +126,20 @@ def ensure_extracted(root: str, folder: str, archive_name: str, download_ok: boo
     unpacked.
     """
     root = os.path.abspath(os.path.expanduser(root))
+    if os.path.exists(root) and not os.path.isdir(root):
+        raise ValueError(f"the data root {root} is a file, not a folder; point data_root (root=, $CIARD_FAST_DATA) "
+                         f"at the folder that holds {archive_name} or {folder}/")
     final = os.path.join(root, folder)
     if os.path.isdir(final):
         return final
+    if os.path.exists(final):
+        raise ValueError(f"{final} is a file where the extracted {title} folder should be; delete it so that "
+                         f"{archive_name} is extracted there (or downloaded first)")
     archive = os.path.join(root, archive_name)
     expected = MD5[archive_name]
+    if os.path.isdir(archive):
+        raise ValueError(f"{archive} is a folder where the {title} archive should be; delete or move it, then put "
+                         f"{archive_name} (from {URLS[archive_name]}) there")
     if not os.path.isfile(archive):
         how = (
             f"put {archive_name} (MD5 {expected}, from {URLS[archive_name]}) or its extracted "

@@ -28,6 +28,7 @@ FOLDER = "tiny-imagenet-200"
 ARCHIVE = "tiny-imagenet-200.zip"
 CACHE_DIR = "ciard_fast_cache_v1"
 _IMAGE_EXTS = (".jpeg", ".jpg", ".png")
+_REEXTRACT = "delete {folder} and extract " + ARCHIVE + " again (or let it be downloaded)"
 
 
 def load(root: str, part: str, download: bool):
@@ -40,10 +41,16 @@ def load(root: str, part: str, download: bool):
     img_path = os.path.join(cache, f"{part}_images.npy")
     lab_path = os.path.join(cache, f"{part}_labels.npy")
     if os.path.isfile(img_path) and os.path.isfile(lab_path):
-        images, labels = np.load(img_path), np.load(lab_path)
-        if images.ndim == 4 and images.dtype == np.uint8 and labels.shape == (images.shape[0],):
-            return images, labels.astype(np.int64, copy=False), meta
-        warnings.warn(f"ignoring an inconsistent cache in {cache}; decoding the images again")
+        try:
+            images, labels = np.load(img_path), np.load(lab_path)
+        except (ValueError, OSError, EOFError) as err:  # a cache cut short (a killed process, a full disk)
+            images = labels = None
+            warnings.warn(f"ignoring an unreadable cache in {cache} ({type(err).__name__}: {err}); decoding the "
+                          "images again")
+        if images is not None:
+            if images.ndim == 4 and images.dtype == np.uint8 and labels.shape == (images.shape[0],):
+                return images, labels.astype(np.int64, copy=False), meta
+            warnings.warn(f"ignoring an inconsistent cache in {cache}; decoding the images again")
 
     paths, labels = (_list_train if part == "train" else _list_val)(folder, wnids)
     images = _decode_all(paths)
@@ -59,12 +66,17 @@ def load(root: str, part: str, download: bool):
 def read_wnids(folder: str):
     """Sorted list of the wnids in ``folder/wnids.txt``."""
     path = os.path.join(folder, "wnids.txt")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not the list of class ids; {_REEXTRACT.format(folder=folder)}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is missing; {folder} is not a tiny-imagenet-200 folder")
-    with open(path, encoding="utf-8") as f:
-        wnids = sorted({line.strip() for line in f if line.strip()})
+    try:
+        with open(path, encoding="utf-8") as f:
+            wnids = sorted({line.strip() for line in f if line.strip()})
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a text file of class ids; {_REEXTRACT.format(folder=folder)}") from None
     if not wnids:
-        raise ValueError(f"{path} lists no wnids")
+        raise ValueError(f"{path} lists no wnids (an empty file); {_REEXTRACT.format(folder=folder)}")
     return wnids
 
 
@@ -83,6 +95,8 @@ def _list_train(folder, wnids):
 def _list_val(folder, wnids):
     index = {w: i for i, w in enumerate(wnids)}
     ann = os.path.join(folder, "val", "val_annotations.txt")
+    if os.path.isdir(ann):
+        raise ValueError(f"{ann} is a folder, not the val labels file; {_REEXTRACT.format(folder=folder)}")
     if not os.path.isfile(ann):
         raise FileNotFoundError(f"{ann} is missing; the val (our test) labels come from it")
     paths, labels = [], []
@@ -102,8 +116,19 @@ def _decode_image(path: str) -> np.ndarray:
     """One image file -> uint8 [H, W, 3] RGB (greyscale/CMYK/palette files are converted)."""
     from PIL import Image
 
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not an image; the dataset folder is damaged: delete it and extract "
+                         f"{ARCHIVE} again")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing (listed in val_annotations.txt or expected in its class "
+                                f"folder); the dataset folder is incomplete: delete it and extract {ARCHIVE} "
+                                "again") from None
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: unidentified, truncated or damaged image
+        raise ValueError(f"{path} is not a readable image ({type(err).__name__}: {err}); the dataset folder is "
+                         f"damaged: delete it and extract {ARCHIVE} again") from None
 
 
 def _decode_all(paths) -> np.ndarray:

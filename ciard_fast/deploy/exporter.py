@@ -36,6 +36,7 @@ from typing import Optional
 import torch
 
 from ..atomic import write_bytes_atomic
+from ..outputs import check_output_file
 from ..version import __version__
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -104,12 +105,11 @@ _EXT = {"onnx": "onnx", "torchscript": "pt", "safetensors": "safetensors"}
 
 
 # ---- the run's student, rebuilt from its checkpoint --------------------------------------------
-def _load_run(checkpoint, data_root, allow_teacher):
+def _load_run(checkpoint, data_root):
     """(state, TrainConfig, splits, eval-mode student on the CPU) of a training checkpoint."""
     from ..config import build_config
     from ..engine import checkpoint as ckpt
     from ..engine.builders import build_model, load_splits
-    from ..engine.teachers import TEACHER_METHODS
     from ..models import load_weights
 
     path = os.fspath(checkpoint)
@@ -124,10 +124,12 @@ def _load_run(checkpoint, data_root, allow_teacher):
     # exported on the CPU in fp32: the figures of the verification are fp32 figures
     config = build_config(overrides={**saved, "device": "cpu", "channels_last": False, "compile": False,
                                      "cuda_graphs": False})
-    if config.method in TEACHER_METHODS and not allow_teacher:
-        raise ValueError(f"{path!r} is a checkpoint of a teacher run (method {config.method!r}), not a distilled "
-                         "student; export a student run's best.pt, or pass --allow_teacher (allow_teacher=True) to "
-                         "export this teacher anyway")
+    # Any trained model exports (a distilled student, a natural, SAT or TRADES run: the card says
+    # which); a checkpoint written before the first epoch ended is no trained model yet.
+    if int(state.get("epoch", 0)) < 1:
+        raise ValueError(f"{path!r} was written before the run's first epoch ended (a mid-epoch checkpoint of "
+                         "epoch 1): it is no trained model yet. Resume the run (ciard-fast train --resume "
+                         f"{path}) and export its best.pt or last.pt")
     splits = load_splits(config)
     # The one rebuild of a run's student (the same helper the training engine uses, so the
     # normalisation a config names is resolved in one place).
@@ -352,14 +354,16 @@ def export(checkpoint, format="onnx", out=None, fold_bn=None, n=256, allow_teach
     """Export the student of a training checkpoint, verify it, write it and its model card.
 
     Args:
-        checkpoint: a checkpoint of ``ciard_fast.train`` (``runs/<run>/best.pt`` or ``last.pt``).
+        checkpoint: a checkpoint of ``ciard_fast.train`` (``runs/<run>/best.pt`` or ``last.pt``): a
+            distilled student, or a natural / SAT / TRADES run (``ciard-fast teacher`` included).
         format: ``"onnx"`` (opset 17, dynamic batch), ``"torchscript"`` (``torch.jit.script``) or
             ``"safetensors"`` (plain weights + model metadata).
         out: the file to write (its folder is created). Default ``<checkpoint folder>/student.<ext>``.
         fold_bn: fold eval-mode BatchNorm into the convolutions (default True for onnx/torchscript;
             safetensors always holds the plain weights).
         n: images of the verification batch (default 256; fewer if the split is smaller).
-        allow_teacher: export a teacher run's checkpoint (method natural/sat/trades) too.
+        allow_teacher: ignored (kept for callers of earlier versions): natural, SAT and TRADES runs
+            export like any other trained model, and the model card says what they are.
         data_root: where the run's dataset lives, if not where the run found it.
         tolerance: largest max |Δlogit| accepted (default 1e-4). min_agreement: least PGD-20
             prediction agreement accepted, in % (default 99).
@@ -370,7 +374,9 @@ def export(checkpoint, format="onnx", out=None, fold_bn=None, n=256, allow_teach
         :class:`ExportResult`.
 
     Raises:
-        ValueError / TypeError: bad arguments, an unusable checkpoint or a teacher checkpoint.
+        ValueError / TypeError: bad arguments, an unusable checkpoint (not a training checkpoint, or
+            one written before its first epoch ended), an `out` that would replace the checkpoint
+            or a run's own file.
         ImportError: onnx/onnxruntime (onnx) or safetensors (safetensors) is not installed.
         ExportVerificationError: the exported model failed the checks; no file was written.
     """
@@ -382,10 +388,14 @@ def export(checkpoint, format="onnx", out=None, fold_bn=None, n=256, allow_teach
         out = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), f"student.{_EXT[format]}")
     _check_args(format, out, fold_bn, n, tolerance, min_agreement)
     out = os.fspath(out)
+    # never over a run's own file or the checkpoint being read (ciard_fast/outputs.py), checked
+    # before anything is loaded: the file and the model cards beside it
+    for path in (out,) + ((out + ".model_card.json", out + ".model_card.md") if card else ()):
+        check_output_file(path, option="--out" if path == out else "the model card", reads=(checkpoint,))
     _require(*{"onnx": ("onnx", "onnxruntime"), "torchscript": (), "safetensors": ("safetensors",)}[format])
     fold = (format != "safetensors") if fold_bn is None else bool(fold_bn)
 
-    state, config, splits, model = _load_run(checkpoint, data_root, allow_teacher)
+    state, config, splits, model = _load_run(checkpoint, data_root)
     split, x, y = _verification_batch(splits, n)
     metadata = _metadata(config, model, state, list(x.shape[2:]))
     folded = kept = 0
@@ -436,9 +446,14 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
                                      write_model_card)
     from ..engine.teachers import teacher_specs
 
-    run_card = read_model_card(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CARD_JSON))
+    card_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CARD_JSON)
+    try:
+        run_card = read_model_card(card_path)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:  # a damaged run card: the export card stands alone
+        warnings.warn(f"ignoring the run's model card {card_path} ({exc}); the export's card has no evaluation")
+        run_card = None
     digest = weights_digest(_eval_weights(state))
-    if run_card is not None and run_card["model"]["weights_sha256"] == digest:
+    if run_card is not None and (run_card.get("model") or {}).get("weights_sha256") == digest:
         card = run_card
     else:
         sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}

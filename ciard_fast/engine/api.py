@@ -29,6 +29,7 @@ from ..atomic import write_text_atomic
 from ..plots import plot_curves
 from .model_card import write_run_card
 from .precision import RunPrecision, resolve_device, resolve_precision
+from .preflight import check_before_training
 from .rundir import claim_run_folder
 from .signals import RunInterrupted, graceful_stop, stop_at_once
 from .surrogate import (check_surrogate_record, describe as describe_surrogate, load_surrogate, record_surrogate,
@@ -79,6 +80,7 @@ def make_config(config=None, **overrides):
 def _config_for_resume(path, overrides):
     """The checkpoint's own config, with the user's explicit overrides that are safe to change."""
     state = ckpt.load_checkpoint(path)  # raises a clear error before anything is written
+    ckpt.check_resumable(state, path)
     saved = dict(state["config"])
     saved.pop("resume", None)
     saved.pop("stop_after", None)  # a stop point belongs to the run that stopped, not to its continuation
@@ -141,17 +143,31 @@ def train(config=None, *, progress_prefix="", **overrides):
     resume = overrides.get("resume") or (config.resume if isinstance(config, TrainConfig) else None)
     if not resume:
         config = make_config(config, **overrides)
+        check_before_training(config)  # device, out_dir, data, teacher files: before anything trains
         with _resume_hint_for_sub_runs():
             teacher_paths = ensure_teachers(config)
             _ensure_natural_student(config)
         return _run(config, teacher_paths, progress_prefix=progress_prefix)
     given = make_config(config, **overrides).to_dict() if config is not None else dict(overrides)
+    _check_resume_folder(resume, overrides.get("out_dir") or (
+        config.out_dir if isinstance(config, TrainConfig) and config.out_dir_given else None))
     config, state = _config_for_resume(resume, given)
+    check_before_training(config, resuming=True)
     # the teachers' weights come with the method state of the checkpoint
     restored = {kind: spec.weights or "(restored from checkpoint)" for kind, spec in teacher_specs(config).items()}
     with _resume_hint_for_sub_runs():
         _ensure_natural_student(config)
     return _run(config, restored, state, progress_prefix=progress_prefix)
+
+
+def _check_resume_folder(resume, out_dir):
+    """A resumed run continues in the folder that holds its checkpoint: an out_dir given beside
+    resume that names another folder would be ignored, so it is an error."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(resume)))
+    if out_dir and os.path.normpath(os.path.abspath(out_dir)) != os.path.normpath(folder):
+        raise ValueError(f"out_dir {out_dir!r} given with resume {os.fspath(resume)!r}: a resumed run continues in the "
+                         f"folder that holds its checkpoint ({folder}). Leave out_dir out, or move the run folder "
+                         f"to {out_dir!r} and resume from {os.path.join(out_dir, 'last.pt')}")
 
 
 @contextlib.contextmanager
@@ -385,6 +401,6 @@ def _markdown_table(rows, config, evaluated="", surrogate=None):
 def _write_results(out_dir, result):
     write_text_atomic(os.path.join(out_dir, "results.md"), result.table)
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
-        {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
+        {"config": result.config.to_dict(), "unit": "percent", "test": result.comparison, "teachers": result.teachers,
          "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint,
          "evaluated": result.evaluated, "surrogate": result.surrogate or None}, indent=2))

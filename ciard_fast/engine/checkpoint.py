@@ -35,28 +35,43 @@ def save_checkpoint(path, state):
     return save_torch_atomic(payload, path)
 
 
-def load_checkpoint(path, map_location="cpu"):
+def load_checkpoint(path, map_location="cpu", fix=None):
     """Read a checkpoint written by `save_checkpoint`.
 
-    Raises ValueError naming the file when it is missing, truncated/corrupt, or not a ciard-fast
-    training checkpoint (e.g. a bare state dict: load that with `ciard_fast.load_weights`).
+    Raises ValueError naming the file when it is missing, a folder, empty, truncated/corrupt, or
+    not a ciard-fast training checkpoint (e.g. a bare state dict: load that with
+    `ciard_fast.load_weights`). `fix`: what the message tells the user to do instead (default:
+    resume from another checkpoint or start anew). `check_resumable` checks the keys a resume needs.
     """
+    from ..models.weights import read_tensor_file
+
     path = os.fspath(path)
-    if not os.path.isfile(path):
+    fix = fix or "resume from another checkpoint (e.g. best.pt) or start a new run"
+    if not os.path.exists(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # truncated zip, bad pickle, wrong magic number ...
-        raise ValueError(
-            f"checkpoint {path!r} could not be read: it is truncated or corrupt ({type(exc).__name__}: {exc}). "
-            "Resume from another checkpoint (e.g. best.pt) or start a new run."
-        ) from None
+    state = read_tensor_file(path, what="checkpoint", fix=fix, map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(
             f"{path!r} is not a ciard-fast training checkpoint (no '{FORMAT}' marker); "
             "to use model weights, load them with ciard_fast.load_weights or pass them as a teacher"
         )
     return state
+
+
+# what continuing a run exactly needs from its checkpoint
+RESUME_KEYS = ("config", "epoch", "student", "optimizer", "method", "rng", "step", "best_score", "best_epoch",
+               "history")
+
+
+def check_resumable(state, path):
+    """Raise ValueError naming `path` when the checkpoint `state` lacks what a resume needs."""
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if not missing and not (isinstance(state["config"], dict) and isinstance(state["epoch"], int)):
+        missing = ["config", "epoch"]
+    if missing:
+        raise ValueError(f"checkpoint {path!r} cannot be resumed: it has no {', '.join(map(repr, missing))} (a "
+                         "damaged file, or not a last.pt of ciard-fast train); resume from the run's last.pt, or "
+                         "start a new run")
 
 
 def rng_state():
@@ -91,9 +106,11 @@ def _readable(path):
     if not os.path.isfile(path):
         return None
     try:
-        return load_checkpoint(path)
+        state = load_checkpoint(path)
     except ValueError:
         return None
+    # a damaged checkpoint without its config or epoch is no run to reuse or continue
+    return state if isinstance(state.get("config"), dict) and isinstance(state.get("epoch"), int) else None
 
 
 def is_finished_run(path, config):

@@ -15,21 +15,13 @@ TrainConfig field for every method or an option of the methods that have it (e.g
 """
 import sys
 
-from ..config import list_presets
+from ..cli_options import add_option, nonnegative_int, positive_int
+from ..config import config_help, list_presets
 
 ACCEPTS_EXTRA = True
-
-
-def parse_bool(text):
-    """'true'/'false' (and yes/no, 1/0, on/off) -> bool, for `--flag true|false`."""
-    value = str(text).strip().lower()
-    if value in ("true", "yes", "1", "on"):
-        return True
-    if value in ("false", "no", "0", "off"):
-        return False
-    import argparse
-
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+# `ciard_fast.cli` adds this to "interrupted" after a Ctrl-C outside training
+INTERRUPT_HINT = ("; rerun the same compare command: finished runs are reused and an interrupted one "
+                  "continues from its last.pt")
 
 
 def parse_sbatch_option(text):
@@ -45,55 +37,55 @@ def parse_sbatch_option(text):
 
 
 def add_arguments(parser):
-    parser.add_argument("--methods", required=True,
-                        help="comma-separated method names, e.g. ciard,rslad,mtard,bmtard,ard,iad,adaad,natural")
-    parser.add_argument("--preset", default="demo",
-                        help=f"preset every method starts from (default: demo); one of {', '.join(list_presets())}")
-    parser.add_argument("--seeds", default=None,
-                        help="comma-separated seeds, e.g. 0,1,2: every method is trained once per seed (student init, "
-                             "data order, attack noise; same data split and teachers); default: --seed alone")
-    parser.add_argument("--baseline", default=None,
-                        help="method the others are compared with seed by seed (default: the first of --methods)")
-    parser.add_argument("--config", default=None, help="YAML file of config keys (applied after the preset)")
-    parser.add_argument("--aa", action="store_true", help="add AutoAttack to the table (needs pyautoattack)")
-    parser.add_argument("--per-method-presets", action="store_true",
-                        help="start each method from '<preset>-<method>' when that preset exists (its paper's recipe)")
-    parser.add_argument("--retrain", action="store_true",
-                        help="train every method again even if its run in the output folder already finished")
+    add_option(parser, "methods", required=True,
+               help="comma-separated method names, e.g. ciard,rslad,mtard,bmtard,ard,iad,adaad,natural")
+    add_option(parser, "preset", default="demo",
+               help=f"preset every method starts from (default: demo); one of {', '.join(list_presets())}")
+    add_option(parser, "seeds", default=None,
+               help="comma-separated seeds, e.g. 0,1,2: every method is trained once per seed (student init, "
+                    "data order, attack noise; same data split and teachers); default: --seed alone")
+    add_option(parser, "baseline", default=None,
+               help="method the others are compared with seed by seed (default: the first of --methods)")
+    add_option(parser, "config", default=None, help="YAML file of config keys (applied after the preset)")
+    add_option(parser, "aa", flag=True, help="add AutoAttack to the table (needs pyautoattack)")
+    add_option(parser, "per_method_presets", flag=True,
+               help="start each method from '<preset>-<method>' when that preset exists (its paper's recipe)")
+    add_option(parser, "retrain", flag=True,
+               help="train every method again even if its run in the output folder already finished")
     cluster = parser.add_argument_group(
         "where the runs execute (local and slurm need the [cluster] extra: pip install 'ciard-fast[cluster]')")
-    cluster.add_argument("--launcher", default="inline", choices=("inline", "local", "slurm"),
-                         help="inline (default): one run after the other in this process; local: each (method, seed) "
-                              "run its own process; slurm: one SLURM job array, after one job for the teachers. "
-                              "Jobs' files and logs: <out_dir>/jobs/")
-    cluster.add_argument("--max_parallel", "--max-parallel", type=int, default=None, metavar="N",
-                         help="local: runs at a time (default: one per GPU, each job on its own GPU; 1 without a GPU)")
-    cluster.add_argument("--no_wait", "--no-wait", type=parse_bool, nargs="?", const=True, default=False,
-                         metavar="true|false",
-                         help="slurm: submit the jobs and return; run the same command again to collect the table "
-                              "(finished runs are reused, failed or missing ones submitted again)")
+    add_option(cluster, "launcher", default="inline", choices=("inline", "local", "slurm"),
+               help="inline (default): one run after the other in this process; local: each (method, seed) "
+                    "run its own process; slurm: one SLURM job array, after one job for the teachers. "
+                    "Jobs' files and logs: <out_dir>/jobs/")
+    add_option(cluster, "max_parallel", type=positive_int, default=None, metavar="N",
+               help="local: runs at a time (default: one per GPU, each job on its own GPU; 1 without a GPU)")
+    add_option(cluster, "no_wait", flag=True,
+               help="slurm: submit the jobs and return; run the same command again to collect the table "
+                    "(finished runs are reused, failed or missing ones submitted again)")
     slurm = parser.add_argument_group("SLURM (--launcher slurm)")
-    slurm.add_argument("--slurm_time", "--slurm-time", default=None, metavar="LIMIT",
-                       help="time limit of each job (required), e.g. 24:00:00 or 2-00:00:00; a run that reaches it "
-                            "writes a checkpoint and is requeued")
-    slurm.add_argument("--slurm_partition", "--slurm-partition", default=None, help="sbatch --partition")
-    slurm.add_argument("--slurm_gpus_per_job", "--slurm-gpus-per-job", type=int, default=None, metavar="N",
-                       help="GPUs of each run's job (default 1; one task per GPU, so N > 1 trains the run under DDP; "
-                            "0: CPU jobs)")
-    slurm.add_argument("--slurm_cpus_per_task", "--slurm-cpus-per-task", type=int, default=None, metavar="N",
-                       help="sbatch --cpus-per-task")
-    slurm.add_argument("--slurm_mem", "--slurm-mem", default=None, help="sbatch --mem (per node), e.g. 32G")
-    slurm.add_argument("--slurm_account", "--slurm-account", default=None, help="sbatch --account")
-    slurm.add_argument("--slurm_qos", "--slurm-qos", default=None, help="sbatch --qos")
-    slurm.add_argument("--slurm_array_parallelism", "--slurm-array-parallelism", type=int, default=None,
-                       metavar="N", help="at most N runs of the array at a time (default: submitit's 256)")
-    slurm.add_argument("--slurm_max_timeouts", "--slurm-max-timeouts", type=int, default=None, metavar="N",
-                       help="requeues of a job after its time limit (default 3; preemptions do not count)")
-    slurm.add_argument("--slurm_option", "--slurm-option", type=parse_sbatch_option, action="append", default=[],
-                       metavar="KEY=VALUE",
-                       help="any other sbatch option, repeatable: --slurm_option constraint=a100 --slurm_option "
-                            "exclusive")
-    parser.epilog = "Any other --key value pair sets a TrainConfig field or a method option (e.g. --epochs 5)."
+    add_option(slurm, "slurm_time", default=None, metavar="LIMIT",
+               help="time limit of each job (required), e.g. 24:00:00 or 2-00:00:00; a run that reaches it "
+                    "writes a checkpoint and is requeued")
+    add_option(slurm, "slurm_partition", default=None, help="sbatch --partition")
+    add_option(slurm, "slurm_gpus_per_job", type=nonnegative_int, default=None, metavar="N",
+               help="GPUs of each run's job (default 1; one task per GPU, so N > 1 trains the run under DDP; "
+                    "0: CPU jobs)")
+    add_option(slurm, "slurm_cpus_per_task", type=positive_int, default=None, metavar="N",
+               help="CPUs of each task (sbatch option cpus-per-task)")
+    add_option(slurm, "slurm_mem", default=None, help="sbatch --mem (per node), e.g. 32G")
+    add_option(slurm, "slurm_account", default=None, help="sbatch --account")
+    add_option(slurm, "slurm_qos", default=None, help="sbatch --qos")
+    add_option(slurm, "slurm_array_parallelism", type=positive_int, default=None,
+               metavar="N", help="at most N runs of the array at a time (default: submitit's 256)")
+    add_option(slurm, "slurm_max_timeouts", type=positive_int, default=None, metavar="N",
+               help="requeues of a job after its time limit (default 3; preemptions do not count)")
+    add_option(slurm, "slurm_option", type=parse_sbatch_option, action="append", default=[],
+               metavar="KEY=VALUE",
+               help="any other sbatch option, repeatable: --slurm_option constraint=a100 --slurm_option "
+                    "exclusive")
+    parser.epilog = ("Every other option below is a TrainConfig field for every method, or an option of the methods "
+                     "that have it (e.g. --epochs 5 --tau 10).\n\n" + config_help())
 
 
 SLURM_ARGS = ("time", "partition", "gpus_per_job", "cpus_per_task", "mem", "account", "qos", "array_parallelism",

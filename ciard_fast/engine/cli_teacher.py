@@ -4,14 +4,15 @@ Trains a teacher with the same engine and the same recipe as the teachers `train
 distillation config points to none (`ciard_fast.engine.teachers.ensure_teacher`), and prints its
 test table. A finished run with the very same config in an output folder you name (`--out_dir`)
 is reused, not trained again; the default folder `runs/teacher-<method>-<dataset>-<model>` moves a
-new run to the next free numbered folder when it already holds one. Its `best.pt` is accepted as `--robust-teacher` / `--clean-teacher` by the distillation
-methods. The `--key value` pairs are fields of the teacher's own run: `--epochs`, `--lr`,
+new run to the next free numbered folder when it already holds one. Its `best.pt` is accepted as
+`--robust_teacher` / `--clean_teacher` by the distillation methods. The `--key value` pairs are fields of the teacher's own run: `--epochs`, `--lr`,
 `--student_args.width 16` (the model's kwargs), `--student_normalize`, the method's options.
 """
 import os
 import sys
 
-from ..config import TrainConfig, build_config
+from ..cli_options import add_option
+from ..config import TrainConfig, build_config, config_help
 from .cli_train import parse_extra
 from .teachers import TEACHER_METHODS
 
@@ -19,12 +20,13 @@ ACCEPTS_EXTRA = True
 
 
 def add_arguments(parser):
-    parser.add_argument("--method", required=True, choices=TEACHER_METHODS,
-                        help="natural: clean teacher; sat or trades: robust teacher")
-    parser.add_argument("--model", required=True, help="a registered model name, e.g. wrn34_10 or resnet56")
-    parser.add_argument("--dataset", default="cifar10", help="cifar10 | cifar100 | tinyimagenet | digits | synthetic")
-    parser.add_argument("--config", default=None, help="YAML file of config keys")
-    parser.epilog = "Any other --key value pair sets a TrainConfig field (e.g. --epochs 100 --out-dir runs/wrn)."
+    add_option(parser, "method", required=True, choices=TEACHER_METHODS,
+               help="natural: clean teacher; sat or trades: robust teacher")
+    add_option(parser, "model", required=True, help="a registered model name, e.g. wrn34_10 or resnet56")
+    add_option(parser, "dataset", default="cifar10", help="cifar10 | cifar100 | tinyimagenet | digits | synthetic")
+    add_option(parser, "config", default=None, help="YAML file of config keys")
+    parser.epilog = ("The teacher is this run's student: --model sets `student`, the fields below set the rest "
+                     "(e.g. --epochs 100 --out_dir runs/wrn --student_args.width 16).\n\n" + config_help())
 
 
 def run(args):

@@ -29,6 +29,7 @@ other in this process; "local" each (method, seed) run as its own process throug
 the teachers. Their jobs' files and logs go to `<out_dir>/jobs/`; the table is collated from the
 runs' rows exactly as inline.
 """
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -48,8 +49,9 @@ from ..tables import MISSING, column_label, format_accuracy, order_columns, rend
 from . import checkpoint as ckpt
 from . import launchers, stats
 from ..models import robustbench
-from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
-                       teacher_run_config, teacher_spec, weights_file)
+from .signals import RunInterrupted
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, mark_trained_here,
+                       needed_teachers, teacher_run_config, teacher_spec, weights_file)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
@@ -77,7 +79,8 @@ class CompareResult:
         interval ci_low/ci_high, the per-seed values), for every column of the table;
     differences: method -> accuracy column -> stats.paired_difference() of the method minus
         `baseline`, seed by seed (empty for the baseline itself);
-    teachers: kind -> weights file; config: the base config (dict); table: Markdown."""
+    teachers: kind -> weights file; config: the base config (dict); table: Markdown; unit: "percent",
+        the unit of every accuracy (compare.json states it; compare.csv has a unit column)."""
 
     out_dir: str
     methods: list
@@ -91,6 +94,7 @@ class CompareResult:
     runs: dict = dataclasses.field(default_factory=dict)
     summary: dict = dataclasses.field(default_factory=dict)
     differences: dict = dataclasses.field(default_factory=dict)
+    unit: str = "percent"  # of every accuracy above (train_seconds in seconds, images_per_s in images/s)
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -110,8 +114,14 @@ class CompareResult:
 
     @classmethod
     def load(cls, path):
-        with open(path, encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        """Read compare.json back; a ValueError naming the file when it is not one."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            return cls.from_dict(data)
+        except (UnicodeDecodeError, json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{path} is not a compare.json of ciard-fast ({type(exc).__name__}: {exc}); rerun the "
+                             "compare command to write it again") from None
 
 
 def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, per_method_presets=False,
@@ -181,6 +191,9 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             notes.append("AutoAttack skipped: the optional package 'pyautoattack' is not installed "
                          "(pip install pyautoattack)")
             warnings.warn(notes[-1], stacklevel=2)
+    if not attacks:
+        raise ValueError("compare needs at least one test attack for its table, but test_attacks is empty; give "
+                         "e.g. test_attacks=clean,pgd_sat (--test_attacks clean,pgd_sat)")
 
     needed = {name: needed_teachers(name) for name in names}
     kinds = tuple(kind for kind in TEACHER_KINDS if any(kind in k for k in needed.values()))
@@ -189,6 +202,8 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
     teacher_inputs = {kind: teacher_file(base, kind, out_dir) for kind in kinds}
     teachers = {kind: path for kind, (path, _) in teacher_inputs.items()}
 
+    # Every run's config is built (and so checked) here, before the first teacher or method trains;
+    # then the device, the folders, the data and the given teacher files (`_check_before_comparing`).
     plan = []
     for name in names:
         for seed in seeds:
@@ -200,10 +215,12 @@ def compare(methods, preset="demo", config_file=None, out_dir=None, aa=False, pe
             used = {kind: weights_file(teachers[kind], base) for kind in needed[name]
                     if getattr(config, TEACHER_FIELDS[kind]["weights"]) == teachers[kind]}
             plan.append(PlannedRun(method=name, seed=seed, config=config, teachers=used, reuse=reuse))
+    _check_before_comparing(base, out_dir, kinds)
 
     if launch is None:  # inline: the teachers, then every run, one after the other in this process
-        prepare_teachers(base, kinds, out_dir)
-        rows = _run_inline(plan, base.progress)
+        with _compare_resume_hint():
+            prepare_teachers(base, kinds, out_dir)
+            rows = _run_inline(plan, base.progress)
     else:
         rows = launch.run(plan, execute=run_planned, finished=finished_row, out_dir=out_dir,
                           prepare_teachers=functools.partial(prepare_teachers, base, kinds, out_dir),
@@ -392,6 +409,10 @@ def method_config(base, name, method_preset, preset, config_file, fields, option
         # the file and the normalisation it was trained with (a teacher compare trained itself is
         # not re-guessed by `auto`: its input statistics are known)
         changes.update({TEACHER_FIELDS[kind]["weights"]: path, TEACHER_FIELDS[kind]["normalize"]: normalize})
+    for kind in set(TEACHER_KINDS) - set(teachers):
+        # a teacher file this method does not use is not recorded in its run as if it were
+        if getattr(parent, TEACHER_FIELDS[kind]["weights"]) is not None:
+            changes[TEACHER_FIELDS[kind]["weights"]] = None
     assert set(changes) <= set(METHOD_RUN_OVERRIDES), sorted(set(changes) - set(METHOD_RUN_OVERRIDES))
     return parent.replace(**changes, **options)  # method_args: the parent's, updated with `options`
 
@@ -473,7 +494,52 @@ def _teacher_weights(base, kind, out_dir):
     # holds optimiser, RNG and config too).
     if not (os.path.isfile(weights) and os.path.getmtime(weights) >= os.path.getmtime(cached)):
         save_torch_atomic(ckpt.eval_weights(ckpt.load_checkpoint(cached)), weights)
+    # trained by this comparison: a weak one is reported with a warning, as `train` does for the
+    # teachers it trains itself, not stopped as a weak file brought by the user
+    mark_trained_here(weights)
     return weights, normalize
+
+
+def _check_before_comparing(base, out_dir, kinds):
+    """The comparison's checks before it trains anything: the device, its folder (a file there,
+    or the folder of a training run, is refused: compare would write its teachers/ and method
+    folders among that run's files), the data, and the teacher files given (read and matched to
+    their architecture, `engine/preflight.py`)."""
+    from ..outputs import OutputPathError
+    from .preflight import check_data, check_teacher_files
+    from .precision import resolve_device
+    from .rundir import RUN_FILES
+
+    resolve_device(base.device)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise OutputPathError(f"out_dir {out_dir!r} is a file, not a folder; give a folder for the comparison")
+    foreign = [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
+               and name not in ("compare_row.json",)]
+    if foreign:
+        raise OutputPathError(f"out_dir {out_dir!r} holds a training run ({', '.join(foreign[:4])}), not a "
+                              "comparison; the comparison would write its teachers/ and method folders among that "
+                              "run's files. Choose another out_dir")
+    for kind in kinds:
+        given = teacher_spec(base, kind).weights
+        inside = given and os.path.realpath(given).startswith(os.path.realpath(out_dir) + os.sep)
+        if inside and os.path.relpath(os.path.realpath(given), os.path.realpath(out_dir)).split(os.sep)[0] != "teachers":
+            raise OutputPathError(f"{TEACHER_FIELDS[kind]['weights']}={given!r} lies in a method folder of the "
+                                  f"comparison {out_dir!r}, which compare retrains; copy the file elsewhere first")
+    check_data(base)
+    check_teacher_files(base, kinds)
+
+
+@contextlib.contextmanager
+def _compare_resume_hint():
+    """A run stopped by SIGINT / SIGTERM inside a comparison is continued by the same compare
+    command (finished runs are read back, the interrupted one continues from its last.pt), not by
+    `train --resume`, which would not put it back in the table."""
+    try:
+        yield
+    except RunInterrupted as stop:
+        stop.resume_hint = (f"the same compare command again (finished runs are reused and the interrupted run "
+                            f"continues from {stop.checkpoint})")
+        raise
 
 
 def _reuse_key(entry):
@@ -490,6 +556,23 @@ def _say(message):
     tqdm.write(message, file=sys.stderr)
 
 
+def _read_row(path):
+    """A finished run's compare_row.json, or None when there is none or it cannot be read (a file
+    damaged by hand or by a crash of an earlier version: said once, and the run is trained again)."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if isinstance(saved, dict) and isinstance(saved.get("row"), dict):
+            return saved
+        problem = "it holds no row"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problem = f"{type(exc).__name__}: {exc}"
+    _say(f"[compare] {path} could not be read ({problem}); training that run again")
+    return None
+
+
 def _wanted(config, teacher_times):
     # tuples -> lists, as they read back from JSON
     return json.loads(json.dumps({"config": config.to_dict(), "teachers": teacher_times}))
@@ -497,11 +580,9 @@ def _wanted(config, teacher_times):
 
 def _saved_row(config, teacher_times):
     """The row saved in the run's folder for this very config and these teachers, else None."""
-    row_path = os.path.join(config.resolved_out_dir(), ROW_FILE)
-    if not os.path.isfile(row_path):
+    saved = _read_row(os.path.join(config.resolved_out_dir(), ROW_FILE))
+    if saved is None:
         return None
-    with open(row_path, encoding="utf-8") as f:
-        saved = json.load(f)
     return saved["row"] if _reuse_key(saved) == _reuse_key(_wanted(config, teacher_times)) else None
 
 
@@ -610,13 +691,14 @@ def markdown_table(result):
     return "\n".join(lines) + "\n"
 
 
-CSV_FIELDS = ("method", "student", "column", "n", "mean", "std", "ci95_low", "ci95_high", "diff_mean", "diff_std",
-              "diff_ci95_low", "diff_ci95_high", "baseline", "seeds", "values")
+CSV_FIELDS = ("method", "student", "column", "unit", "n", "mean", "std", "ci95_low", "ci95_high", "diff_mean",
+              "diff_std", "diff_ci95_low", "diff_ci95_high", "baseline", "seeds", "values")
+_UNITS = {"train_seconds": "seconds", "images_per_s": "images/s"}  # every other column: an accuracy
 
 
 def csv_table(result):
-    """The comparison in long form: one line per method and column (accuracies in %, train_seconds,
-    images_per_s) with n, mean, std, the interval, the paired difference to the baseline, and the
+    """The comparison in long form: one line per method and column (accuracies in percent,
+    train_seconds, images_per_s; the unit column says which) with n, mean, std, the interval, the paired difference to the baseline, and the
     per-seed values (";"-separated, in the order of the seeds column)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS, lineterminator="\n")
@@ -627,6 +709,7 @@ def csv_table(result):
             d = diffs.get(column, {})
             writer.writerow({
                 "method": name, "student": result.rows.get(name, {}).get("student", ""), "column": column,
+                "unit": _UNITS.get(column, result.unit),
                 "n": s["n"], "mean": s["mean"], "std": s["std"], "ci95_low": s["ci_low"], "ci95_high": s["ci_high"],
                 "diff_mean": d.get("mean"), "diff_std": d.get("std"), "diff_ci95_low": d.get("ci_low"),
                 "diff_ci95_high": d.get("ci_high"), "baseline": result.baseline,

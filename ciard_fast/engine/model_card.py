@@ -11,15 +11,17 @@ The JSON holds (keys of :func:`build_model_card`):
   and ``weights_sha256`` (a digest of the student's state dict, see :func:`weights_digest`);
 - ``dataset``: name, kwargs and the size of every split;
 - ``threat_model``: ``{"norm": "Linf", "eps": float, "eps_text": "8/255"}``;
-- ``evaluation``: the final test table of the run — each attack's accuracy (%) exactly as in
+- ``evaluation``: the final test table of the run — each attack's accuracy (``"unit": "percent"``) exactly as in
   ``results.json``, its settings (steps, step size, start, loss; AutoAttack's version and
   sub-attacks when it ran), the split and number of images, and, when transfer (BB) columns ran,
   ``surrogate``: the robust teacher as loaded before distillation they were crafted on (its file,
   architecture, weights digest, RobustBench entry); ``None`` when the run had no test attacks;
-- ``training``: method and all its options (defaults filled in), epochs, batch, lr, seed, the
-  training attack; ``teachers``: path, architecture and normalisation of each teacher, with their
-  measured validation accuracies when ``<out_dir>/teachers.json`` exists (and, for a RobustBench
-  teacher, its entry with the accuracies the zoo lists);
+- ``training``: method, ``what`` (one line saying what the model is: a natural classifier, not
+  robust; an adversarially trained one, SAT or TRADES; a distilled robust student), all the
+  method's options (defaults filled in), epochs, batch, lr, seed, the training attack;
+  ``teachers``: path, architecture and normalisation of each teacher, with their measured
+  validation accuracies (``"unit": "percent"``) when ``<out_dir>/teachers.json`` exists (and, for
+  a RobustBench teacher, its entry with the accuracies the zoo lists);
 - ``config_sha256``, ``software`` (ciard-fast, torch, python versions), ``created`` (UTC);
 - ``robustbench``: the same figures under the field names of RobustBench's ``model_info`` JSON
   files (``dataset``, ``architecture``, ``eps``, ``clean_acc``, ``autoattack_acc``,
@@ -40,7 +42,7 @@ from ..version import __version__
 from .teachers import TEACHER_METHODS, teacher_spec
 
 CARD_FORMAT = "ciard-fast-model-card"
-CARD_VERSION = 1
+CARD_VERSION = 2  # 2: teachers in percent ("unit"), training.what
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 TEACHERS_JSON = "teachers.json"
@@ -49,7 +51,7 @@ TEACHERS_JSON = "teachers.json"
 _NOT_HASHED = ("out_dir", "resume", "stop_after", "progress", "log_every", "plot", "device")
 _PREFIXES = ("module.", "_orig_mod.")
 
-__all__ = ["build_model_card", "write_model_card", "write_run_card", "read_model_card", "render_markdown",
+__all__ = ["build_model_card", "describe_model", "write_model_card", "write_run_card", "read_model_card", "render_markdown",
            "weights_digest", "config_sha256", "eps_text", "CARD_JSON", "CARD_MD"]
 
 
@@ -101,6 +103,27 @@ def _unwrap(model):
     return getattr(model, "_orig_mod", model)  # torch.compile
 
 
+# what a model trained by each teacher method is (any other method distils a robust student)
+_KINDS = {
+    "natural": "natural classifier (cross-entropy on clean images), not robust: it was not adversarially trained",
+    "sat": "adversarially trained classifier (SAT: cross-entropy on PGD examples, Madry et al. 2018)",
+    "trades": "adversarially trained classifier (TRADES, Zhang et al. 2019)",
+}
+
+
+def describe_model(config):
+    """One line saying what the trained model of `config` is, e.g. "natural classifier (...), not
+    robust" or "robust student distilled with CIARD from a robust and a clean teacher"."""
+    if config.method in _KINDS:
+        return _KINDS[config.method]
+    from .teachers import needed_teachers
+
+    kinds = needed_teachers(config.method, config.method_args)
+    teachers = " and a ".join(kinds)
+    return (f"adversarially robust student distilled with {config.method.upper()}"
+            + (f" from a {teachers} teacher" if kinds else ""))
+
+
 def _method_options(config):
     from ..methods import get_method
 
@@ -110,13 +133,9 @@ def _method_options(config):
 
 def _teachers(config, out_dir, teacher_paths):
     """Each teacher the method used: path, architecture and, from teachers.json, measured accuracies."""
-    measured = {}
-    path = os.path.join(out_dir, TEACHERS_JSON)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            measured = json.load(f)
-        if not isinstance(measured, dict):
-            raise ValueError(f"{path} must hold a JSON object keyed by 'robust'/'clean'; got {type(measured).__name__}")
+    from .teacher_checks import read_teachers_json
+
+    measured = read_teachers_json(out_dir) or {}  # in percent (an older file in fractions is converted)
     teachers = {}
     for kind, tpath in (teacher_paths or {}).items():
         spec = teacher_spec(config, kind)  # the one reader of the <kind>_teacher* fields
@@ -129,6 +148,7 @@ def _teachers(config, out_dir, teacher_paths):
             for key in ("val_clean", "val_pgd", "robustbench"):
                 if key in info:
                     entry[key] = info[key]
+            entry["unit"] = "percent"
             entry["measured_by"] = TEACHERS_JSON
         teachers[kind] = entry
     return teachers
@@ -180,6 +200,7 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
         "evaluation": None,
         "training": {
             "method": config.method,
+            "what": describe_model(config),
             "options": _method_options(config),
             "teacher_run": _is_teacher_method(config.method),
             "epochs": config.epochs,
@@ -206,6 +227,7 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
         card["evaluation"] = {
             "split": "test",
             "n": test_n,
+            "unit": "percent",
             "accuracy": dict(metrics),  # percent, the very numbers of results.json
             "settings": {name: settings[name] for name in metrics if name in settings},
             "autoattack": "aa" in metrics,
@@ -244,6 +266,8 @@ def render_markdown(card):
 
     m, d, t, ev = card["model"], card["dataset"], card["training"], card["evaluation"]
     lines = [f"# Model card: {m['architecture']} trained with {t['method']} on {d['name']}", ""]
+    if t.get("what"):
+        lines += [f"**What it is:** {t['what']}.", ""]
     lines += ["## Model", "",
               f"- architecture: `{m['architecture']}` {json.dumps(m['kwargs'])}, {m['num_classes']} classes, "
               f"{m['parameters']:,} parameters",
@@ -274,7 +298,7 @@ def render_markdown(card):
             lines.append(f"- transfer (BB) columns crafted on `{sur['weights']}` ({sur['model']}), {sur['source']}"
                          f" (weights sha256 `{sur['weights_sha256'][:16]}…`)")
         lines.append("")
-    lines += ["## Training", "", f"- method: {t['method']}" + (" (a teacher run)" if t["teacher_run"] else ""),
+    lines += ["## Training", "", f"- method: {t['method']}" + (" (no teachers)" if t["teacher_run"] else ""),
               f"- options: {json.dumps(t['options'], default=str)}",
               f"- epochs {t['epochs']}, batch {t['batch_size']}, lr {t['lr']}, momentum {t['momentum']}, "
               f"weight decay {t['weight_decay']}, seed {t['seed']}",
@@ -324,8 +348,11 @@ def read_model_card(path):
     """A card written by :func:`write_model_card`, or ``None`` if there is none at `path`."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        card = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            card = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc})") from None
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         raise ValueError(f"{path} is not a ciard-fast model card (no format {CARD_FORMAT!r})")
     return card

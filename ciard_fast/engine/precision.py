@@ -9,9 +9,17 @@ def resolve_device(name="auto"):
     """'auto' -> cuda when available, else cpu; anything else is checked and returned."""
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {name!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} was asked for but CUDA is not available; use device='cpu' or 'auto'")
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available (torch {torch.__version__}, "
+                         f"{build}, sees no CUDA device); use device cpu or auto")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} was asked for but only {torch.cuda.device_count()} CUDA device(s) are "
+                         f"visible (cuda:0 ... cuda:{torch.cuda.device_count() - 1})")
     return device
 
 

@@ -142,6 +142,43 @@ def numbered(folder, index):
     return folder if index == 1 else f"{folder.rstrip(os.sep)}-{index}"
 
 
+def _holds_a_run(folder, existing):
+    return RunFolderError(
+        f"out_dir {folder!r} already holds a run ({', '.join(existing[:5])}"
+        f"{', ...' if len(existing) > 5 else ''}); resume it with --resume {os.path.join(folder, 'last.pt')}, "
+        f"choose another out_dir, or pass --overwrite true (overwrite=True) to replace it")
+
+
+def _not_a_folder(folder):
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise RunFolderError(f"out_dir {folder!r} is a file, not a folder; give a folder for the run's files")
+    if os.path.isfile(os.path.join(folder, "compare.json")):
+        raise RunFolderError(f"out_dir {folder!r} holds a comparison (compare.json); a run there would mix its files "
+                             "with the comparison's. Choose another out_dir")
+
+
+def check_run_folder(folder, *, resuming=False, managed=False, user_given=True, overwrite=False):
+    """What `claim_run_folder` would refuse, checked without taking the lock: called before any
+    teacher trains, so that a used, locked or impossible out_dir stops the run at once (the claim
+    itself comes later and checks again). Raises RunFolderError as `claim_run_folder` does."""
+    folder = os.path.normpath(os.fspath(folder))
+    _not_a_folder(folder)
+    if not (resuming or managed or user_given):
+        return  # a default folder that holds a run moves to the next numbered one
+    lock = RunLock(folder)
+    if os.path.exists(lock.path):
+        holder = lock.read_holder()
+        stale = (holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int)
+                 and not _pid_alive(holder["pid"]))
+        if holder and not stale and holder.get("pid") != os.getpid():
+            raise RunFolderError(
+                f"run folder {folder!r} is in use by another run ({_describe_holder(holder)}); wait for it "
+                f"to finish or choose another out_dir. If that run is gone, delete {lock.path}")
+    existing = run_files(folder)
+    if existing and not (resuming or managed or overwrite):
+        raise _holds_a_run(folder, existing)
+
+
 def claim_run_folder(folder, *, resuming=False, managed=False, user_given=True, overwrite=False):
     """Lock the folder this run will write and return ``(path, lock)``; see the module docstring.
 
@@ -151,15 +188,13 @@ def claim_run_folder(folder, *, resuming=False, managed=False, user_given=True, 
     Raises RunFolderError (a ValueError) naming the folder, the holder or the fix.
     """
     folder = os.path.normpath(os.fspath(folder))
+    _not_a_folder(folder)
     if resuming or managed or user_given:
         lock = RunLock(folder).acquire()
         existing = run_files(folder)
         if existing and not (resuming or managed or overwrite):
             lock.release()
-            raise RunFolderError(
-                f"out_dir {folder!r} already holds a run ({', '.join(existing[:5])}"
-                f"{', ...' if len(existing) > 5 else ''}); resume it with --resume {os.path.join(folder, 'last.pt')}, "
-                f"choose another out_dir, or pass --overwrite true (overwrite=True) to replace it")
+            raise _holds_a_run(folder, existing)
         if (managed or overwrite) and not resuming:
             remove_run_files(folder)
         remove_stale_temporaries(folder)

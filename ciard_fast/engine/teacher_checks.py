@@ -7,11 +7,14 @@ wrong choice silently corrupts L_nat and the push mask. So before distillation e
 evaluated on the held-out validation split (never the test set) — clean accuracy, and PGD for
 the robust teacher — the result is printed and written to ``<out_dir>/teachers.json``::
 
-    {"robust": {"path", "model", "normalize", "val_clean", "val_pgd", ...},
+    {"unit": "percent",
+     "robust": {"path", "model", "normalize", "val_clean", "val_pgd", ...},
      "clean":  {"path", "model", "normalize", "val_clean", ...}}
 
-(accuracies are fractions in [0, 1]; ``"weak"`` says whether the clean accuracy is under the
-threshold below). With ``normalize="auto"`` every candidate normalisation
+(accuracies are in percent, as every table, ``results.json`` and the model card: the file says so
+in its ``"unit"`` key; a file written before that key existed holds fractions in [0, 1] and is
+converted when read, :func:`read_teachers_json`. ``"weak"`` says whether the clean accuracy is
+under the threshold below). With ``normalize="auto"`` every candidate normalisation
 (raw pixels, the dataset's statistics, each published statistics set of that dataset) is tried,
 the most accurate one is kept, and the choice and every accuracy measured are recorded
 (``"auto": {candidate: val_clean}``). An explicit normalisation is kept, but the other candidates
@@ -35,11 +38,12 @@ from ..models.normalization import AUTO, DATASET_STATS
 from .validation import correct_clean_and_pgd
 
 __all__ = ["AUTO", "WEAK_FACTOR", "TeacherToCheck", "WeakTeacherError", "normalization_candidates",
-           "check_teachers", "describe_normalize", "read_teachers_json", "TEACHERS_JSON"]
+           "check_teachers", "describe_normalize", "read_teachers_json", "teacher_entries", "TEACHERS_JSON", "UNIT"]
 
 WEAK_FACTOR = 1.5          # a teacher must beat chance by this factor on clean validation images
 TEACHERS_JSON = "teachers.json"
-BETTER_MARGIN = 0.05       # an explicit normalisation beaten by this much (accuracy) is warned about
+UNIT = "percent"           # of every accuracy in teachers.json (its "unit" key)
+BETTER_MARGIN = 5.0        # an explicit normalisation beaten by this many points is warned about
 
 
 class WeakTeacherError(ValueError):
@@ -122,7 +126,7 @@ def _clean_accuracy(model, loader, precision_ctx):
         model.train(was_training)
     if total == 0:
         raise ValueError("the validation split is empty; teachers cannot be checked (use val_size > 0)")
-    return float(correct) / total  # one host read per check, outside any training step
+    return 100.0 * float(correct) / total  # percent; one host read per check, outside any training step
 
 
 def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd_steps=20, precision_ctx=None,
@@ -150,8 +154,8 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
             tried. teachers.json is written first, with what was measured.
     """
     precision_ctx = precision_ctx or _no_context
-    chance = 1.0 / num_classes
-    report = {}
+    chance = 100.0 / num_classes  # percent
+    report = {"unit": UNIT}
     for teacher in teachers:
         entry = {"path": teacher.path, "model": teacher.model_name}
         if teacher.zoo is not None:
@@ -189,7 +193,7 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
                 if better:
                     name = max(better, key=better.get)
                     log(f"[{teacher.kind} teacher] WARNING: configured input {describe_normalize(teacher.normalize)} "
-                        f"gives {100 * own:.2f}% clean validation accuracy, {name} gives {100 * better[name]:.2f}%; "
+                        f"gives {own:.2f}% clean validation accuracy, {name} gives {better[name]:.2f}%; "
                         f"set {teacher.kind}_teacher_normalize: auto (or the better value) if the checkpoint "
                         f"was trained that way")
         if teacher.kind == "robust":
@@ -198,7 +202,7 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
             clean, adv, total = (float(v) for v in counts)
             if total == 0:
                 raise ValueError("the validation split is empty; teachers cannot be checked (use val_size > 0)")
-            entry["val_clean"], entry["val_pgd"] = clean / total, adv / total
+            entry["val_clean"], entry["val_pgd"] = 100.0 * clean / total, 100.0 * adv / total
         else:
             entry["val_clean"] = own if own is not None else _clean_accuracy(teacher.model, val_loader, precision_ctx)
         weak = entry["val_clean"] < WEAK_FACTOR * chance
@@ -208,12 +212,12 @@ def check_teachers(teachers, val_loader, *, num_classes, eps, alpha=2 / 255, pgd
         if weak and not (allow_weak or not teacher.given_as_file):
             if out_dir is not None:
                 _write(out_dir, report)
-            measured = (", ".join(f"{name}: {100 * acc:.2f}%" for name, acc in entry["auto"].items())
-                        if tried else f"{describe_normalize(teacher.normalize)}: {100 * entry['val_clean']:.2f}%")
+            measured = (", ".join(f"{name}: {acc:.2f}%" for name, acc in entry["auto"].items())
+                        if tried else f"{describe_normalize(teacher.normalize)}: {entry['val_clean']:.2f}%")
             raise WeakTeacherError(
                 f"the {teacher.kind} teacher ({teacher.model_name}, {teacher.path or 'trained by this run'}) has "
-                f"{100 * entry['val_clean']:.2f}% clean accuracy on the validation split, under {WEAK_FACTOR}x chance "
-                f"({100 * WEAK_FACTOR * chance:.2f}% for {num_classes} classes); normalisations tried: {measured}. "
+                f"{entry['val_clean']:.2f}% clean accuracy on the validation split, under {WEAK_FACTOR}x chance "
+                f"({WEAK_FACTOR * chance:.2f}% for {num_classes} classes); normalisations tried: {measured}. "
                 f"Check the checkpoint and {teacher.kind}_teacher_model / {teacher.kind}_teacher_normalize, or set "
                 f"allow_weak_teacher: true to distil from it anyway")
     if out_dir is not None:
@@ -225,10 +229,10 @@ def _report_line(teacher, entry):
     parts = [f"[{teacher.kind} teacher] {teacher.model_name} ({teacher.path or 'trained by this run'}), "
              f"input: {describe_normalize(entry['normalize'])}"]
     if "auto" in entry:
-        parts.append("(auto: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in entry["auto"].items()) + ")")
-    parts.append(f"val clean {100 * entry['val_clean']:.2f}%")
+        parts.append("(auto: " + ", ".join(f"{k} {v:.2f}%" for k, v in entry["auto"].items()) + ")")
+    parts.append(f"val clean {entry['val_clean']:.2f}%")
     if "val_pgd" in entry:
-        parts.append(f"val PGD {100 * entry['val_pgd']:.2f}%")
+        parts.append(f"val PGD {entry['val_pgd']:.2f}%")
     if "robustbench" in entry:
         zoo = entry["robustbench"]
         parts.append(f"(RobustBench lists {zoo['listed_clean_acc']:.2f}% clean / {zoo['listed_autoattack_acc']:.2f}% "
@@ -244,12 +248,47 @@ def _write(out_dir, report):
 
 
 def read_teachers_json(out_dir):
-    """The report a previous check wrote to `<out_dir>/teachers.json`, or None if there is none."""
+    """The report a previous check wrote to `<out_dir>/teachers.json`, in percent, or None if there
+    is none. A file without a "unit" key was written when accuracies were fractions in [0, 1]: they
+    are converted to percent here, so resuming or reusing an older run reads the right numbers.
+    Raises ValueError naming the file when it is not a JSON object of teacher entries."""
     path = os.path.join(out_dir, TEACHERS_JSON)
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} could not be read ({type(exc).__name__}: {exc}); delete it to measure the "
+                         "teachers again (a new run), or restore it from a copy") from None
+    if not isinstance(report, dict) or not all(isinstance(v, dict) for k, v in report.items() if k != "unit"):
+        raise ValueError(f"{path} must hold a JSON object of teacher entries keyed by 'robust' / 'clean'; got "
+                         f"{type(report).__name__}. Delete it to measure the teachers again")
+    unit = report.get("unit")
+    if unit is None:  # written before the unit was recorded: fractions
+        report = {kind: _fractions_to_percent(entry) for kind, entry in report.items()}
+        report = {"unit": UNIT, **report}
+    elif unit != UNIT:
+        raise ValueError(f"{path} records accuracies in {unit!r}; this version reads {UNIT!r} (or a file without "
+                         "a unit, in fractions)")
+    return report
+
+
+def teacher_entries(report):
+    """{kind: entry} of a teachers.json report, without its "unit" key."""
+    return {kind: entry for kind, entry in (report or {}).items() if kind != "unit"}
+
+
+def _fractions_to_percent(entry):
+    entry = dict(entry)
+    for key in ("val_clean", "val_pgd"):
+        if isinstance(entry.get(key), (int, float)) and not isinstance(entry.get(key), bool):
+            entry[key] = 100.0 * entry[key]
+    for key in ("auto", "alternatives"):
+        if isinstance(entry.get(key), dict):
+            entry[key] = {k: 100.0 * v if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+                          for k, v in entry[key].items()}
+    return entry
 
 
 class _NoContext:

@@ -203,7 +203,7 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     load it with `ciard_fast.models.load_weights`.
     """
     if spec.weights:
-        _check_weights_file(spec, base_config)
+        check_weights_file(spec, base_config)
         return spec.weights
     from .api import train  # the engine's public entry point (api imports this module)
 
@@ -224,17 +224,39 @@ def ensure_teacher(spec, base_config, out_dir=None, tested=False, reuse=True, nu
     return train(config, progress_prefix=prefix).last_checkpoint
 
 
-def _check_weights_file(spec, config):
+def check_weights_file(spec, config):
+    """The teacher file of `spec` exists, is a file and is not empty (for ``robustbench:<name>``: the
+    entry's file in the config's `model_dir`); else a ValueError (FileNotFoundError for a missing zoo
+    file, with the command that fetches it) under the config's field name saying what to do."""
     field = TEACHER_FIELDS[spec.kind]["weights"]
     if robustbench.is_reference(spec.weights):
         robustbench.existing_file(zoo_entry(spec.weights, config), config.model_dir)  # FileNotFoundError: how to fetch
         return
+    if os.path.isdir(spec.weights):
+        raise ValueError(f"{field}={spec.weights!r} is a folder, not a file; give the {spec.kind} teacher's weights "
+                         f"file (e.g. {os.path.join(spec.weights, 'best.pt')})")
     if not os.path.isfile(spec.weights):
         raise ValueError(f"{field}={spec.weights!r}: no such file; give the {spec.kind} teacher's weights file, "
                          f"or leave {field} unset to train the teacher first")
     if os.path.getsize(spec.weights) == 0:
         raise ValueError(f"{field}={spec.weights!r} is an empty file (0 bytes; an interrupted copy?); "
                          "give a complete weights file")
+
+
+# Teacher files this process's engine made from a teacher run it trained (compare's
+# <out_dir>/teachers/<kind>.pt): a weak one is reported with a warning, as a teacher a run trains
+# itself, instead of stopping the run as a weak file brought by the user would.
+_TRAINED_HERE = set()
+
+
+def mark_trained_here(path):
+    """Record `path` as a teacher file made from a teacher run the engine trained (see above)."""
+    _TRAINED_HERE.add(os.path.realpath(os.fspath(path)))
+
+
+def trained_here(path):
+    """True for a teacher file recorded by `mark_trained_here` in this process."""
+    return path is not None and os.path.realpath(os.fspath(path)) in _TRAINED_HERE
 
 
 def ensure_teachers(config):
@@ -249,7 +271,6 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
 
     A teacher whose normalisation is "auto" is built on raw pixels until `check_run_teachers`
     chooses; on resume it is built with the choice recorded in `<out_dir>/teachers.json`."""
-    from ..models import load_weights
     from .builders import build_model
 
     teachers = {}
@@ -260,17 +281,24 @@ def build_teachers(config, splits, device, teacher_paths, state=None):
             normalize = False if state is None else _recorded_normalize(config, kind)
         model = build_model(spec.model, splits["train"], normalize, device, config, spec.model_args)
         if state is None:
-            try:
-                if robustbench.is_reference(teacher_paths[kind]):
-                    robustbench.load_entry_weights(model, zoo_entry(teacher_paths[kind], config), config.model_dir)
-                else:
-                    load_weights(model, teacher_paths[kind])
-            except (ValueError, TypeError) as exc:  # under the config's own field names
-                names = TEACHER_FIELDS[kind]
-                raise type(exc)(f"{names['weights']}={teacher_paths[kind]!r} (for {names['model']}={spec.model!r}): "
-                                f"{exc}") from None
+            load_teacher_weights(model, kind, teacher_paths[kind], spec.model, config)
         teachers[roles[kind]] = model
     return teachers
+
+
+def load_teacher_weights(model, kind, weights, model_name, config):
+    """Load the `kind` teacher's `weights` (a file, or ``robustbench:<name>`` from the config's
+    `model_dir`) into `model`; a bad file is one error under the config's own field names."""
+    from ..models import load_weights
+
+    try:
+        if robustbench.is_reference(weights):
+            robustbench.load_entry_weights(model, zoo_entry(weights, config), config.model_dir)
+        else:
+            load_weights(model, weights)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        names = TEACHER_FIELDS[kind]
+        raise type(exc)(f"{names['weights']}={weights!r} (for {names['model']}={model_name!r}): {exc}") from None
 
 
 def _recorded_normalize(config, kind):
@@ -313,7 +341,7 @@ def check_run_teachers(config, teachers, teacher_paths, splits, device, precisio
         to_check.append(TeacherToCheck(
             kind=kind, model=model, path=teacher_paths.get(kind), model_name=spec.model, normalize=spec.normalize,
             candidates=tuple(normalization_candidates(config.dataset, train_set.mean, train_set.std)),
-            set_normalize=set_normalize, given_as_file=bool(spec.weights)))
+            set_normalize=set_normalize, given_as_file=bool(spec.weights) and not trained_here(spec.weights)))
     if not to_check:
         return None
     if splits.get("val") is None:
@@ -342,6 +370,6 @@ def _check_method_args(spec):
 
 
 __all__ = ["TeacherSpec", "TEACHER_FIELDS", "TEACHER_KINDS", "TEACHER_METHODS", "TEACHER_RUN_OVERRIDES",
-           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "ensure_teacher", "ensure_teachers",
-           "needed_teachers", "teacher_roles", "teacher_run_config", "teacher_spec", "teacher_specs", "weights_file",
-           "zoo_entry"]
+           "TEACHER_TRAINING_NORMALIZE", "build_teachers", "check_run_teachers", "check_weights_file", "ensure_teacher",
+           "ensure_teachers", "load_teacher_weights", "mark_trained_here", "needed_teachers", "teacher_roles", "teacher_run_config", "teacher_spec",
+           "teacher_specs", "weights_file", "zoo_entry"]

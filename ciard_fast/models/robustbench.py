@@ -308,12 +308,11 @@ def _strip(key):
 def read_state_dict(path):
     """The state dict of a RobustBench file: its ``"state_dict"`` entry when it has one (as
     ``robustbench.utils.load_model`` reads it), with the ``module.`` / ``model.`` key prefixes
-    stripped. Read with ``torch.load(weights_only=True)``."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"could not read {path!r} as a tensor checkpoint (torch.load with weights_only=True failed: "
-                         f"{type(err).__name__}: {str(err).splitlines()[0][:200]})") from err
+    stripped. Read through the one reader of torch files (`models.weights.read_tensor_file`)."""
+    from .weights import read_tensor_file
+
+    checkpoint = read_tensor_file(path, what="RobustBench checkpoint",
+                                  fix="download it again (it may have been cut short)")
     if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):

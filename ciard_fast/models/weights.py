@@ -7,6 +7,8 @@ RSLAD), with ``module.`` prefixes from ``nn.DataParallel`` or ``_orig_mod.`` fro
 ``torch.compile``. All of them load here with ``strict=True``.
 """
 import os
+import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -41,18 +43,24 @@ def load_weights(model, path_or_state_dict, strict=True):
         ValueError: the checkpoint does not fit the model: the message names the missing and
             unexpected keys (first few + counts) and the shape mismatches; or the file is not
             a plain tensor checkpoint.
-        TypeError: ``model`` is not an ``nn.Module``, or the checkpoint is not a mapping of
-            tensors.
+        TypeError: ``model`` is not an ``nn.Module``, or the checkpoint mapping given is not a
+            mapping of tensors (read from a file, that is a ValueError naming the file).
         FileNotFoundError: the path does not exist.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"load_weights needs an nn.Module as model; got {type(model).__name__}")
     target = _unwrap_model(model)
     state = _read(path_or_state_dict)
-    state = _unwrap_checkpoint(state)
-    state = _strip_prefixes(state)
-    state = _adopt_normalization(target, state)
-    _check_fits(target, state, strict)
+    try:
+        state = _unwrap_checkpoint(state)
+        state = _strip_prefixes(state)
+        state = _adopt_normalization(target, state)
+        _check_fits(target, state, strict)
+    except (TypeError, ValueError) as exc:
+        if isinstance(path_or_state_dict, Mapping):
+            raise
+        # what a file holds is a value problem of that file: one ValueError naming it
+        raise ValueError(f"{os.fspath(path_or_state_dict)!r}: {exc}") from None
     target.load_state_dict(state, strict=strict)
     return model
 
@@ -67,6 +75,12 @@ def _unwrap_model(model):
             return model
 
 
+def read_weights_file(path):
+    """The mapping a weights file holds (torch.save or .safetensors), or one clear error naming
+    the file (`read_tensor_file`); `load_weights` then unwraps and checks it."""
+    return _read(os.fspath(path))
+
+
 def _read(source):
     if isinstance(source, Mapping):
         return source
@@ -75,19 +89,75 @@ def _read(source):
             f"load_weights takes a file path or a state_dict mapping; got {type(source).__name__}"
         )
     path = os.fspath(source)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint file at {path!r}")
     if path.endswith(".safetensors"):
+        _check_is_file(path, "weights file")
         return _read_safetensors(path)
+    return read_tensor_file(path, what="weights file",
+                            fix="give a state dict saved with torch.save (copy or download the file again if it "
+                                "was cut short)")
+
+
+def _check_is_file(path, what, fix="copy or download it again"):
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".pt", ".pth", ".ckpt", ".safetensors")))[:3]
+        hint = f", e.g. {os.path.join(path, inside[0])}" if inside else ""
+        raise ValueError(f"{what} {path!r} is a folder, not a file; give the file inside it{hint}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no {what} at {path!r}")
+    if os.path.getsize(path) == 0:
+        raise ValueError(f"{what} {path!r} is empty (0 bytes: a corrupt file, or a copy or download that was "
+                         f"interrupted); {fix}")
+
+
+def _kind_of_bytes(head):
+    """What the first bytes of a file look like: 'zip' (torch.save), 'pickle' (the legacy
+    torch format, or a plain pickle), 'text' or 'binary'."""
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # an arbitrary pickle (argparse Namespace, numpy objects, ...)
-        raise ValueError(
-            f"could not read {path!r} as a plain tensor checkpoint (torch.load with "
-            f"weights_only=True failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "If you trust the file, load it yourself with torch.load(path, weights_only=False) "
-            "and pass the state_dict to load_weights."
-        ) from e
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "binary"
+    return "text" if all(c.isprintable() or c in "\r\n\t" for c in text) else "binary"
+
+
+def read_tensor_file(path, what="weights file", fix="give a file saved with torch.save", map_location="cpu"):
+    """``torch.load(path, map_location=map_location, weights_only=True)``, or one clear error.
+
+    The one reader of the torch files the library is given (weights, teacher files, training
+    checkpoints): a folder, an empty file, a truncated archive, a text file or a pickle of Python
+    objects each become one line naming `what`, the file, what is wrong with it and `fix`.
+
+    Raises:
+        FileNotFoundError: nothing at `path`.
+        ValueError: a folder, an empty / truncated / corrupt file, or not a torch file at all.
+    """
+    path = os.fspath(path)
+    _check_is_file(path, what, fix)
+    with open(path, "rb") as f:
+        kind = _kind_of_bytes(f.read(64))
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols say nothing about the file
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 (every failure of torch.load becomes one line below)
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(e).splitlines() or [""])[0])[:160]  # no terminal colours
+        detail = f"{type(e).__name__}" + (f": {first}" if first else "")
+        if kind in ("zip", "pickle") and "Weights only load failed" in str(e):
+            problem = ("holds Python objects besides tensors, which are not loaded without trusting the file "
+                       "(torch.load weights_only=True); if you trust it, load it with torch.load(path, "
+                       "weights_only=False) and save its state_dict")
+        elif kind == "zip":
+            problem = f"is truncated or corrupt (a damaged zip archive; {detail})"
+        elif kind == "pickle":
+            problem = f"is truncated or corrupt ({detail})"
+        elif kind == "text":
+            problem = "is a text file, not a file saved with torch.save"
+        else:
+            problem = f"is not a file saved with torch.save ({detail})"
+        raise ValueError(f"{what} {path!r} {problem}; {fix}") from None
 
 
 def _read_safetensors(path):
