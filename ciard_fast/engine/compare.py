@@ -38,8 +38,8 @@ from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from . import stats
-from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, needed_teachers,
-                       teacher_spec)
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, TEACHER_METHODS, ensure_teacher,
+                       needed_teachers, teacher_spec)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
@@ -296,9 +296,11 @@ def method_config(base, name, method_preset, preset, config_file, fields, option
                               overrides={**{k: getattr(base, k) for k in SHARED}, **fields})
     changes = dict(method=name, out_dir=out_dir, test_attacks=tuple(attacks), compare_natural_student=False,
                    seed=base.seed if seed is None else seed, split_seed=split_seed)
-    if not teachers and "lr" not in fields:
+    if name in TEACHER_METHODS and "lr" not in fields:
         # natural/SAT/TRADES rows train with cross-entropy, like the teachers and like the
-        # natural student of `train()`: at teacher_lr, not at the distillation lr.
+        # natural student of `train()`: at teacher_lr, not at the distillation lr. A method without
+        # a teacher is not one of them for that alone: PeerAiD's student learns by distillation
+        # (from its peer) and trains at the distillation lr, as `train()` runs it.
         changes["lr"] = base.teacher_lr
     for kind, (path, normalize) in teachers.items():
         # the file and the normalisation it was trained with (a teacher compare trained itself is
