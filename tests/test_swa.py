@@ -229,6 +229,8 @@ def test_a_run_cut_inside_an_epoch_resumes_bit_exactly(tmp_path, monkeypatch, si
 def test_a_run_stopped_at_an_epoch_end_resumes_bit_exactly(tmp_path):
     full = ciard_fast.train(config(tmp_path, "full", swa_start=2))
     ciard_fast.train(config(tmp_path, "cut", swa_start=2, stop_after=3))
+    with pytest.raises(ValueError, match="cannot change 'swa_start' when resuming"):
+        ciard_fast.train(resume=str(tmp_path / "cut" / "last.pt"), swa_start=3)
     resumed = ciard_fast.train(resume=str(tmp_path / "cut" / "last.pt"))
     _compare_runs(full.last_checkpoint, resumed.last_checkpoint)
     assert full.metrics == resumed.metrics

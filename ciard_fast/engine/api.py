@@ -82,7 +82,9 @@ def _config_for_resume(path, overrides):
     saved = dict(state["config"])
     saved.pop("resume", None)
     saved.pop("stop_after", None)  # a stop point belongs to the run that stopped, not to its continuation
-    fixed = ("method", "dataset", "student", "robust_teacher_model", "clean_teacher_model", "batch_size", "seed")
+    # (swa_start too: the checkpoint's average covers the epochs the run's own start gave it)
+    fixed = ("method", "dataset", "student", "robust_teacher_model", "clean_teacher_model", "batch_size", "seed",
+             "swa_start")
     for key in fixed:
         if key in overrides and overrides[key] != saved.get(key):
             raise ValueError(
