@@ -136,6 +136,9 @@ class TrainConfig:
         default=0.1, metadata={"group": "method", "help": "the student's peak learning rate (SGD)"})
     momentum: float = dataclasses.field(default=0.9, metadata={"group": "method", "help": "SGD momentum, in [0, 1)"})
     weight_decay: float = dataclasses.field(default=2e-4, metadata={"group": "method", "help": "SGD weight decay"})
+    swa_start: Optional[Union[int, float]] = dataclasses.field(default=None, metadata={
+        "group": "method", "help": "stochastic weight averaging of the student from this epoch (an integer) or this "
+        "fraction of epochs (in (0, 1)); the averaged model is what is validated, reported and exported. None: off"})
     eps: float = dataclasses.field(
         default=8 / 255,
         metadata={"group": "attack",
@@ -572,6 +575,9 @@ def validate_config(config):
             raise ValueError(f"test_attacks: {exc}") from None
     if len(set(config.test_attacks)) != len(config.test_attacks):
         raise ValueError(f"test_attacks lists an attack twice: {list(config.test_attacks)}")
+    from .engine.swa import check_swa_start
+
+    check_swa_start(config.swa_start, config.epochs)
     device = config.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ValueError(f"device must be {_DEVICE_FORMS}, got {device!r}")
@@ -690,8 +696,8 @@ def parse_value(text, annotation):
     if origin is typing.Union and type(None) in args:  # Optional[X]
         if text.lower() in _NONE or text == "":
             return None
-        rest = [a for a in args if a is not type(None)]
-        return parse_value(text, rest[0] if len(rest) == 1 else typing.Union[tuple(rest)])
+        rest = tuple(a for a in args if a is not type(None))  # Optional[Union[int, float]]: both stay possible
+        return parse_value(text, rest[0] if len(rest) == 1 else typing.Union[rest])
     if origin is typing.Union:  # e.g. Union[bool, str]: a boolean word is a bool, else the text
         if bool in args and text.lower() in _TRUE | _FALSE | _NONE:
             return text.lower() in _TRUE  # none: off (as `ciard-fast eval --normalize none`)

@@ -50,12 +50,13 @@ from . import checkpoint as ckpt
 from . import launchers, stats
 from ..models import robustbench
 from .signals import RunInterrupted
-from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, ensure_teacher, mark_trained_here,
-                       needed_teachers, teacher_run_config, teacher_spec, weights_file)
+from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, TEACHER_METHODS, ensure_teacher,
+                       mark_trained_here, needed_teachers, teacher_run_config, teacher_spec, weights_file)
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
-_ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "student", "out_dir")
+# ("weights": what the run's table measured when not the student's own weights, e.g. its SWA average)
+_ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "student", "out_dir", "weights")
 # What every method shares with the base config even when it starts from its own preset: the data,
 # the seed, the evaluation, and the teachers' architecture (their weights are shared).
 SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps",
@@ -401,9 +402,11 @@ def method_config(base, name, method_preset, preset, config_file, fields, option
                               overrides={**{k: getattr(base, k) for k in SHARED}, **fields})
     changes = dict(method=name, out_dir=out_dir, test_attacks=tuple(attacks), compare_natural_student=False,
                    seed=base.seed if seed is None else seed, split_seed=split_seed)
-    if not teachers and "lr" not in fields:
+    if name in TEACHER_METHODS and "lr" not in fields:
         # natural/SAT/TRADES rows train with cross-entropy, like the teachers and like the
-        # natural student of `train()`: at teacher_lr, not at the distillation lr.
+        # natural student of `train()`: at teacher_lr, not at the distillation lr. A method without
+        # a teacher is not one of them for that alone: PeerAiD's student learns by distillation
+        # (from its peer) and trains at the distillation lr, as `train()` runs it.
         changes["lr"] = base.teacher_lr
     for kind, (path, normalize) in teachers.items():
         # the file and the normalisation it was trained with (a teacher compare trained itself is
@@ -623,7 +626,7 @@ def _run_method(config, reuse, teacher_times):
     row = dict(result.metrics)
     row.update(train_seconds=seconds, images_per_s=images / seconds if seconds > 0 else 0.0,
                wall_seconds=wall, epochs=len(result.history), student=config.student,
-               out_dir=config.resolved_out_dir())
+               out_dir=config.resolved_out_dir(), weights=result.evaluated_weights)
     write_text_atomic(row_path, json.dumps({**wanted, "row": row}, indent=2))
     return row
 
@@ -686,6 +689,10 @@ def markdown_table(result):
             lines += render_table(["method"] + labels, differences)
     if result.teachers:
         lines += ["", "Teachers: " + ", ".join(f"{k} = {v}" for k, v in result.teachers.items())]
+    for name in result.methods:  # a row measured on other weights than the student's says which
+        weights = sorted({run["weights"] for run in result.runs.get(name, []) if run.get("weights")})
+        if weights:
+            lines += ["", f"{name} reports {'; '.join(weights)}."]
     for note in result.notes:
         lines += ["", note]
     return "\n".join(lines) + "\n"
