@@ -21,7 +21,7 @@ import re
 import typing
 from typing import Optional, Tuple, Union
 
-from .options import check_choice as _check_choice, check_range, check_type as _check_type
+from .options import check_choice as _check_choice, check_range, check_type as _check_type, type_name
 
 PRESET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 DEFAULT_PRESET = "demo"
@@ -703,7 +703,12 @@ def parse_value(text, annotation):
             return text.lower() in _TRUE  # none: off (as `ciard-fast eval --normalize none`)
         if str in args:
             return text
-        return parse_value(text, args[0])
+        for arg in args:  # e.g. Union[int, float]: '95' is an int, '215/300' a float
+            try:
+                return parse_value(text, arg)
+            except ValueError:
+                pass
+        raise ValueError(f"expected {type_name(annotation)}, got {text!r}")
     if annotation is bool:
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
