@@ -132,6 +132,30 @@ def test_the_attack_is_pgd_on_the_linearised_objective():
     assert (x_adv - x).abs().max().item() == pytest.approx(eps)
 
 
+def test_one_captured_attack_serves_every_step():
+    """The objective keeps its buffers from step to step (the point is copied in), so a CUDA-graph
+    cache captures SAAD's attack once and replays it afterwards (a fake capture on CPU: the replay
+    runs the loop on the buffers as they are then)."""
+    from ciard_fast.attacks import graphs
+
+    captured = []
+
+    def fake_capture(run, model, x, y, eps, alpha, steps, random_start, loss, target_logits, kappa):
+        captured.append(loss)
+        return lambda x, y, t: run(model, x, y, eps, alpha, steps, random_start, loss, t, kappa)
+
+    method = make(random_start="none")
+    eager = copy.deepcopy(method)
+    cache = graphs.GraphCache(capture=fake_capture, device_types=("cpu",))
+    for seed in range(3):
+        x, y = batch(seed)
+        with graphs.cuda_graphs(cache):
+            graphed = method.training_step(x, y)
+        plain = eager.training_step(x, y)
+        assert torch.equal(graphed["loss"], plain["loss"])
+    assert (cache.captures, cache.replays) == (1, 2) and captured == [method.attack_objective]
+
+
 # ---- the weights -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("order", [1.0, 2.0, 0.5])
 def test_the_entropy_is_the_renyi_formula(order):
