@@ -67,6 +67,9 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 2e-4
+    swa_start: Optional[Union[int, float]] = dataclasses.field(default=None, metadata={
+        "group": "method", "help": "stochastic weight averaging of the student from this epoch (an integer) or this "
+        "fraction of epochs (in (0, 1)); the averaged model is what is validated, reported and exported. None: off"})
     # -- the training attack (PGD on the student) -----------------------------------------------
     eps: float = 8 / 255
     alpha: float = 2 / 255
@@ -388,6 +391,9 @@ def validate_config(config):
             raise ValueError(f"test_attacks: {exc}") from None
     if len(set(config.test_attacks)) != len(config.test_attacks):
         raise ValueError(f"test_attacks lists an attack twice: {list(config.test_attacks)}")
+    from .engine.swa import check_swa_start
+
+    check_swa_start(config.swa_start, config.epochs)
     device = config.device
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
         raise ValueError(f"device must be {_DEVICE_FORMS}, got {device!r}")
@@ -423,7 +429,8 @@ def parse_value(text, annotation):
     if origin is typing.Union and type(None) in args:  # Optional[X]
         if text.lower() in ("none", "null", ""):
             return None
-        return parse_value(text, next(a for a in args if a is not type(None)))
+        rest = tuple(a for a in args if a is not type(None))  # Optional[Union[int, float]]: both stay possible
+        return parse_value(text, rest[0] if len(rest) == 1 else typing.Union[rest])
     if annotation is bool:
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE

@@ -434,6 +434,7 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
     """The run's card when it describes these weights (else one without an evaluation), + ``export``."""
     from ..engine.model_card import (CARD_JSON, build_model_card, read_model_card, weights_digest,
                                      write_model_card)
+    from ..engine import checkpoint as ckpt
     from ..engine.teachers import teacher_specs
 
     run_card = read_model_card(os.path.join(os.path.dirname(os.path.abspath(checkpoint)), CARD_JSON))
@@ -445,7 +446,8 @@ def _write_export_card(checkpoint, state, config, splits, model, result, data, f
         sizes["image_size"] = tuple(splits["train"].image_size)
         teachers = {kind: spec.weights or "(trained by the run)" for kind, spec in teacher_specs(config).items()}
         card = build_model_card(config, model, sizes, None, checkpoint, _eval_weights(state), teacher_paths=teachers,
-                                out_dir=os.path.dirname(os.path.abspath(checkpoint)))
+                                out_dir=os.path.dirname(os.path.abspath(checkpoint)),
+                                weights_source=ckpt.eval_weights_source(state))
         card["evaluation_note"] = ("no evaluation of these weights: the run folder has no model card for them "
                                    "(run `ciard-fast eval --weights " + checkpoint + "` for the attack table)")
     card["export"] = {

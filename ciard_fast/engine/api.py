@@ -36,14 +36,17 @@ from .trainer import Trainer
 
 # The fields the natural comparison student's run changes; it inherits every other one.
 NATURAL_STUDENT_OVERRIDES = ("method", "method_args", "lr", "compare_natural_student", "plot", "out_dir",
-                             "test_attacks", "resume", "stop_after")
+                             "test_attacks", "resume", "stop_after", "swa_start")
 
 
 @dataclasses.dataclass
 class TrainResult:
     """What a run produced. `metrics`: the final test-set accuracies (%) of the best checkpoint,
     by attack name; `table`: the Markdown table printed at the end; `teachers`: checkpoint paths;
-    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)"."""
+    `evaluated`: which checkpoint the table comes from, e.g. "best.pt (epoch 4)";
+    `evaluated_weights`: what those weights are when they are not the student's own (an engine
+    callback's, e.g. "SWA of the student: mean of the weights at the ends of epochs 95–200 ..."),
+    None for the student's."""
 
     out_dir: str
     last_checkpoint: str
@@ -55,6 +58,7 @@ class TrainResult:
     table: str = ""
     comparison: dict = dataclasses.field(default_factory=dict)
     evaluated: str = ""
+    evaluated_weights: Optional[str] = None
 
 
 def make_config(config=None, **overrides):
@@ -249,7 +253,7 @@ def _train_in_folder(config, teacher_paths, state, progress_prefix):
                          history=run_state.history, config=config, teachers=teacher_paths)
     finished = run_state.epoch >= config.epochs
     if finished and config.test_attacks and dist.is_main:
-        checkpoint, result.evaluated = _checkpoint_to_evaluate(trainer, run_state)
+        checkpoint, result.evaluated, result.evaluated_weights = _checkpoint_to_evaluate(trainer, run_state)
         with stop_at_once(trainer.last_path, run_state.epoch, run_state.step):  # nothing to save: stop at once
             result.metrics = _test_metrics(config, student, checkpoint, splits["test"], device)
         rows = {f"{config.method} student ({config.student})": result.metrics}
@@ -293,9 +297,10 @@ def natural_student_config(config):
     # Trained like the clean teacher (cross-entropy at teacher_lr): `lr` is tuned for the
     # distillation losses, whose elementwise-mean KL is C times smaller than a CE. Tested below
     # with the parent's attacks, not by its own run.
+    # No SWA either: the point of comparison is the plain training recipe of the clean teacher.
     return derive_config(config, NATURAL_STUDENT_OVERRIDES, method="natural", method_args={}, lr=config.teacher_lr,
                          compare_natural_student=False, plot=False, test_attacks=(), resume=None, stop_after=None,
-                         out_dir=os.path.join(config.resolved_out_dir(), "natural_student"))
+                         swa_start=None, out_dir=os.path.join(config.resolved_out_dir(), "natural_student"))
 
 
 def _ensure_natural_student(config):
@@ -321,20 +326,22 @@ def _natural_student(config, splits, device):
 
 # ---- final evaluation --------------------------------------------------------------------------
 def _checkpoint_to_evaluate(trainer, run_state):
-    """(path, label) of the weights the final table reports: best.pt when it holds the run's best
-    epoch, last.pt when the run had no validation. A best.pt of another epoch is an error: the
-    table must never come from weights other than the ones it names."""
+    """(path, label, source) of the weights the final table reports: best.pt when it holds the
+    run's best epoch, last.pt when the run had no validation; `source`: what the weights are when
+    not the student's own (`checkpoint.eval_weights_source`), else None. A best.pt of another
+    epoch is an error: the table must never come from weights other than the ones it names."""
     if run_state.best_epoch == 0:
         source = ckpt.eval_weights_source(ckpt.load_checkpoint(trainer.last_path))
         return trainer.last_path, (f"last.pt (epoch {run_state.epoch}{_weights_note(source)}; no validation, "
-                                   "so no best.pt)")
+                                   "so no best.pt)"), source
     path = trainer.best_path
     state = ckpt.load_checkpoint(path) if os.path.isfile(path) else {}
     found = state.get("epoch")
     if found != run_state.best_epoch:
         raise RuntimeError(f"{path} holds epoch {found} but this run's best epoch is {run_state.best_epoch}; "
                            "refusing to report the wrong weights. Evaluate a checkpoint with ciard-fast eval")
-    return path, f"best.pt (epoch {found}{_weights_note(ckpt.eval_weights_source(state))})"
+    source = ckpt.eval_weights_source(state)
+    return path, f"best.pt (epoch {found}{_weights_note(source)})", source
 
 
 def _weights_note(source):
@@ -368,4 +375,4 @@ def _write_results(out_dir, result):
     write_text_atomic(os.path.join(out_dir, "results.json"), json.dumps(
         {"config": result.config.to_dict(), "test": result.comparison, "teachers": result.teachers,
          "best_checkpoint": result.best_checkpoint, "last_checkpoint": result.last_checkpoint,
-         "evaluated": result.evaluated}, indent=2))
+         "evaluated": result.evaluated, "evaluated_weights": result.evaluated_weights}, indent=2))

@@ -74,7 +74,7 @@ class Callback:
 
 # The engine features shipped with the library (modules that register a callback), imported on
 # the first lookup; user code registers its own before `train()`.
-BUILTIN_CALLBACK_MODULES: Tuple[str, ...] = ()
+BUILTIN_CALLBACK_MODULES: Tuple[str, ...] = ("ciard_fast.engine.swa",)
 
 
 def _discover():

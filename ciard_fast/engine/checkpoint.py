@@ -3,6 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values (loadable with `weights_only=True`):
 
     format, version, config, epoch, step, rng, history, best_score, best_epoch
+    best_of      whose weights best.pt evaluates: "student" or the engine callback's name (absent
+                 in older checkpoints: the student's)
     student      the student's weights (state dict)
     optimizer    the student's optimiser
     method       the method's entry (`method_entry`): "epoch", every registered state tensor (τ, w,

@@ -35,6 +35,9 @@ def run(args):
     overrides.update(method=args.method, student=args.model, dataset=args.dataset)
     overrides.setdefault("epochs", TrainConfig.teacher_epochs)
     config = build_config(config_file=args.config, overrides=overrides)
+    if config.swa_start is not None:  # the teacher's recipe has none (teachers.DISTILLATION_ONLY): say so
+        raise ValueError(f"swa_start={config.swa_start!r}: teachers are trained without weight averaging; "
+                         "SWA is a setting of the distillation run (ciard-fast train --swa_start ...)")
     # the default folder: a used one moves the run to the next numbered folder (engine/rundir.py)
     numbered = config.out_dir is None
     out_dir = config.out_dir or f"runs/teacher-{args.method}-{args.dataset}-{args.model}"

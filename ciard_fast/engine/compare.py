@@ -43,7 +43,8 @@ from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KIND
 
 ROW_FILE = "compare_row.json"
 # the entries of a row that are not accuracy columns (see _run_method)
-_ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "student", "out_dir")
+# ("weights": what the run's table measured when not the student's own weights, e.g. its SWA average)
+_ROW_FIELDS = ("train_seconds", "images_per_s", "wall_seconds", "epochs", "student", "out_dir", "weights")
 # What every method shares with the base config even when it starts from its own preset: the data,
 # the seed, the evaluation, and the teachers' architecture (their weights are shared).
 SHARED = ("dataset", "dataset_args", "data_root", "val_size", "seed", "device", "eps",
@@ -390,7 +391,7 @@ def _run_method(config, reuse, teacher_times):
     row = dict(result.metrics)
     row.update(train_seconds=seconds, images_per_s=images / seconds if seconds > 0 else 0.0,
                wall_seconds=wall, epochs=len(result.history), student=config.student,
-               out_dir=config.resolved_out_dir())
+               out_dir=config.resolved_out_dir(), weights=result.evaluated_weights)
     write_text_atomic(row_path, json.dumps({**wanted, "row": row}, indent=2))
     return row
 
@@ -453,6 +454,10 @@ def markdown_table(result):
             lines += render_table(["method"] + labels, differences)
     if result.teachers:
         lines += ["", "Teachers: " + ", ".join(f"{k} = {v}" for k, v in result.teachers.items())]
+    for name in result.methods:  # a row measured on other weights than the student's says which
+        weights = sorted({run["weights"] for run in result.runs.get(name, []) if run.get("weights")})
+        if weights:
+            lines += ["", f"{name} reports {'; '.join(weights)}."]
     for note in result.notes:
         lines += ["", note]
     return "\n".join(lines) + "\n"

@@ -9,6 +9,8 @@ The JSON holds (keys of :func:`build_model_card`):
 - ``model``: architecture (registry name), its kwargs, number of classes, parameter count, input
   contract (float32 NCHW in [0, 1], normalisation inside the model), the checkpoint it describes
   and ``weights_sha256`` (a digest of the student's state dict, see :func:`weights_digest`);
+  ``weights``: what those weights are — "the student's weights", or what an engine callback
+  evaluates instead (e.g. "SWA of the student: mean of the weights at the ends of epochs ...");
 - ``dataset``: name, kwargs and the size of every split;
 - ``threat_model``: ``{"norm": "Linf", "eps": float, "eps_text": "8/255"}``;
 - ``evaluation``: the final test table of the run — each attack's accuracy (%) exactly as in
@@ -42,6 +44,7 @@ CARD_VERSION = 1
 CARD_JSON = "model_card.json"
 CARD_MD = "model_card.md"
 TEACHERS_JSON = "teachers.json"
+STUDENT_WEIGHTS = "the student's weights"  # card["model"]["weights"] when no callback evaluates others
 # Config keys that say where/how verbosely a run ran, not what it computed: left out of the hash
 # so that the same experiment resumed, moved or run quietly keeps its hash.
 _NOT_HASHED = ("out_dir", "resume", "stop_after", "progress", "log_every", "plot", "device")
@@ -133,7 +136,7 @@ def _teachers(config, out_dir, teacher_paths):
 
 
 def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict, teacher_paths=None,
-                     out_dir=None, test_n=None):
+                     out_dir=None, test_n=None, weights_source=None):
     """The card of a trained student, as a JSON-ready dict (keys listed in the module docstring).
 
     Args:
@@ -148,6 +151,8 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
         teacher_paths: ``{"robust"|"clean": path}`` of the teachers used (``TrainResult.teachers``).
         out_dir: the run folder (for ``teachers.json``; default ``config.resolved_out_dir()``).
         test_n: images the test table was computed on (default ``min(config.test_n, test size)``).
+        weights_source: what `state_dict` is when not the student's own weights (the checkpoint's
+            `engine.checkpoint.eval_weights_source`, e.g. an SWA average), else None.
     """
     from ..attacks.evaluate import default_hyperparameters
 
@@ -170,6 +175,7 @@ def build_model_card(config, model, split_sizes, metrics, checkpoint, state_dict
                               {"mean": list(normalization[0]), "std": list(normalization[1]), "inside_model": True}),
             "checkpoint": checkpoint,
             "weights_sha256": weights_digest(state_dict),
+            "weights": weights_source or STUDENT_WEIGHTS,
         },
         "dataset": {"name": config.dataset, "kwargs": dict(config.dataset_args or {}),
                     "splits": {k: split_sizes.get(k) for k in ("train", "val", "test")}},
@@ -246,7 +252,8 @@ def render_markdown(card):
               "- normalisation: " + ("none (raw [0, 1] pixels)" if m["normalization"] is None else
                                      f"inside the model, mean {m['normalization']['mean']}, "
                                      f"std {m['normalization']['std']}"),
-              f"- checkpoint: `{m['checkpoint']}` (weights sha256 `{m['weights_sha256'][:16]}…`)", ""]
+              f"- checkpoint: `{m['checkpoint']}` (weights sha256 `{m['weights_sha256'][:16]}…`)",
+              f"- weights: {m.get('weights', STUDENT_WEIGHTS)}", ""]
     splits = ", ".join(f"{k} {v}" for k, v in d["splits"].items() if v is not None)
     lines += ["## Data and threat model", "", f"- dataset: {d['name']} ({splits} images)",
               f"- threat model: L∞, ε = {card['threat_model']['eps_text']} (pixels in [0, 1])", ""]
@@ -327,7 +334,8 @@ def write_run_card(result, student, splits):
     sizes = {k: (None if splits.get(k) is None else int(splits[k].labels.shape[0])) for k in ("train", "val", "test")}
     sizes["image_size"] = tuple(splits["train"].image_size)
     card = build_model_card(result.config, student, sizes, result.metrics, path, ckpt.eval_weights(state),
-                            teacher_paths=result.teachers, out_dir=result.out_dir)
+                            teacher_paths=result.teachers, out_dir=result.out_dir,
+                            weights_source=ckpt.eval_weights_source(state))
     json_path, _ = write_model_card(card, os.path.join(result.out_dir, CARD_JSON),
                                     os.path.join(result.out_dir, CARD_MD))
     return json_path

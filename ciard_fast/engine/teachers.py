@@ -53,8 +53,10 @@ CACHED_TEACHER_OVERRIDES = ("eval_every", "test_attacks", "test_n", "plot", "com
                             "resume", "stop_after")
 # Fields that only describe the distillation run: back to their defaults in the teacher's run, so
 # that changing them neither changes a teacher nor invalidates a cached one.
+# (`swa_start` too: a teacher trained by the run is never weight-averaged, and a distillation
+# run's SWA setting neither changes its teachers nor invalidates a cached one.)
 DISTILLATION_ONLY = tuple(name for names in TEACHER_FIELDS.values() for name in names.values()) \
-    + TEACHER_TRAINING_FIELDS
+    + TEACHER_TRAINING_FIELDS + ("swa_start",)
 TEACHER_RUN_OVERRIDES = FROM_SPEC + ("out_dir",) + CACHED_TEACHER_OVERRIDES + DISTILLATION_ONLY
 
 

@@ -14,6 +14,11 @@ itself never waits on the host. After each epoch: validation (clean + PGD-20 on 
 split, of the callbacks' evaluated model if one gives it) every `eval_every` epochs, `best.pt`
 by (clean + PGD)/2, then `last.pt`, metrics CSV/JSONL.
 
+`best.pt` compares like with like: the best of the validations of the same evaluated weights.
+When a callback starts to give the weights to evaluate (SWA from its start epoch), the first
+validation of those becomes `best.pt` whatever the student's earlier scores, so a run with
+weight averaging reports an averaged model, never a plain student of an earlier epoch.
+
 Reliability (the on-disk invariant, divergence, signals):
   * `best.pt` is written before `last.pt`, and each records its epoch, so at every instant the
     `best_epoch` that `last.pt` names is either the epoch of `best.pt` or (after a kill between
@@ -90,6 +95,7 @@ class RunState:
     step: int = 0           # optimiser steps taken
     best_score: float = float("-inf")
     best_epoch: int = 0
+    best_of: Optional[str] = None  # whose weights best.pt evaluates: "student" or an engine callback's name
     history: list = dataclasses.field(default_factory=list)
     mid_epoch: Optional[dict] = None  # resuming inside an epoch: its steps done, running sums, images, seconds
 
@@ -154,6 +160,7 @@ class Trainer:
             "history": list(self.state.history),
             "best_score": self.state.best_score,
             "best_epoch": self.state.best_epoch,
+            "best_of": self.state.best_of,
         }
         if self.callbacks:
             state["callbacks"] = {cb.name: cb.state_dict() for cb in self.callbacks}
@@ -176,6 +183,8 @@ class Trainer:
             mid = dict(mid, method=state["method"], rng=state["rng"], callbacks=saved)
         self.state = RunState(epoch=int(state["epoch"]), step=int(state["step"]),
                               best_score=float(state["best_score"]), best_epoch=int(state["best_epoch"]),
+                              # checkpoints from before callbacks could evaluate: the student's
+                              best_of=state.get("best_of", "student" if int(state["best_epoch"]) else None),
                               history=list(state["history"]), mid_epoch=mid)
 
     def last_good(self) -> str:
@@ -187,11 +196,15 @@ class Trainer:
     # ---- what is evaluated ---------------------------------------------------------------------
     def eval_model(self) -> nn.Module:
         """The module validation measures: the last callback's `eval_model`, else the student."""
+        return self._evaluated()[1]
+
+    def _evaluated(self):
+        """(whose: "student" or the callback's name, the module) of what validation measures."""
         for callback in reversed(self.callbacks):
             model = callback.eval_model(self)
             if model is not None:
-                return model
-        return unwrap(self.student)
+                return callback.name, model
+        return "student", unwrap(self.student)
 
     def _eval_weights(self):
         for callback in reversed(self.callbacks):
@@ -350,8 +363,9 @@ class Trainer:
         """last.pt every epoch, best.pt when (clean + PGD)/2 improves; logs. Rank 0 only."""
         if "val_clean" in row:
             score = (row["val_clean"] + row["val_pgd"]) / 2
-            if score > self.state.best_score:
-                self.state.best_score, self.state.best_epoch = score, row["epoch"]
+            whose = self._evaluated()[0]
+            if score > self.state.best_score or whose != self.state.best_of:  # like with like (module docstring)
+                self.state.best_score, self.state.best_epoch, self.state.best_of = score, row["epoch"], whose
         summary = ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch")
         self.progress.end_epoch(f"epoch {row['epoch']}: {summary}")
         if self.is_main:
