@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 import ciard_fast
 from ciard_fast.config import build_config
+from ciard_fast.engine.swa import swa_start_epoch
 from ciard_fast.methods import AttackSettings, get_method
 from ciard_fast.methods.base import Method
 from ciard_fast.methods.igdm import IGDM
@@ -266,19 +267,25 @@ def test_the_presets():
                                    "inner_lambda": 1.0, "entropy_scale": 5.0}
     for name in ("cifar100-resnet18-saad", "tinyimagenet-resnet18-saad"):
         assert build_config(preset=name).method_args["igdm_alpha"] == 10.0
+    # SWA of the student from epoch 95 of 200, scaled with the run
+    assert cifar10.swa_start == 0.475 and swa_start_epoch(cifar10.swa_start, cifar10.epochs) == 95
+    assert swa_start_epoch(build_config(preset="cifar10-resnet18-saad", overrides={"epochs": 40}).swa_start, 40) == 19
     method = make(epochs=200)
     assert [method.student_lr(e) for e in (100, 101, 150, 151)] == pytest.approx([0.01, 0.01, 0.001, 0.001])
     assert method.student_lr(99) == 0.1
 
 
-def test_saad_trains_through_train_with_file_teachers(tmp_path, teacher_files):  # noqa: F811
-    result = ciard_fast.train(build_config(overrides={**TINY, **teacher_files, "method": "saad",
+def test_saad_trains_through_train_with_file_teachers_and_swa(tmp_path, teacher_files):  # noqa: F811
+    result = ciard_fast.train(build_config(overrides={**TINY, **teacher_files, "method": "saad", "swa_start": 2,
                                                       "out_dir": str(tmp_path / "saad")}))
     last = result.history[-1]
     for key in ("train_L_adv", "train_igdm", "train_mean_weight", "train_teacher_entropy"):
         assert key in last and math.isfinite(last[key]), key
     assert last["train_mean_weight"] > 0
     assert all(math.isfinite(v) for v in result.metrics.values())
+    # the table is the averaged weights' (from epoch 2 on)
+    assert result.evaluated_weights is not None and "SWA of the student" in result.evaluated_weights
+    assert "epochs 2–" in result.evaluated_weights
 
 
 # ---- the batch extremes over all ranks -------------------------------------------------------------------------

@@ -38,8 +38,11 @@ One robust teacher T (the robust-teacher slot), frozen. Each step:
    published command's `--beta 0`).
 
 Schedule: 200 epochs, lr 0.1, ×0.1 at 100 and 150, weight decay 2e-4; the reported model is the
-average of the student's weights from epoch 95 of 200 (SWA, the engine's `swa_start` in the
-generated presets), BN statistics recomputed on the training set.
+average of the student's end-of-epoch weights from epoch 95 of 200 on (SWA: the engine's callback,
+`engine/swa.py`, switched on by `swa_start: 0.475` in the generated presets, a fraction so that it
+scales with the run's length), BN statistics recomputed on the training set after each average.
+SWA is a config field, not an option of the method: `method: saad` alone (e.g. on the demo preset)
+trains without it.
 
 Where the public code and this implementation differ (the paper's text could not be read; the
 code's behaviour is the reference):
@@ -142,9 +145,11 @@ class SAAD(Method):
     milestones = (100, 150)
     networks = (Network.teacher("robust_teacher", "robust"),)
     progress_hidden = ("mean_weight", "teacher_entropy")
-    # the published command (main.sh): weight decay 2e-4 (the base presets'), α_IGDM 1, β 0, Shannon;
+    # the published command (main.sh): weight decay 2e-4 (the base presets'), α_IGDM 1, β 0, Shannon,
+    # SWA from epoch 95 of 200 (a fraction, so that it scales with the run: engine/swa.py);
     # α_IGDM 10 on CIFAR-100 and Tiny-ImageNet (the code's comment)
-    preset_overrides = {"method_args": {"igdm_alpha": 1.0, "clean_weight": 0.0, "entropy_order": 1.0,
+    preset_overrides = {"swa_start": 95 / 200,
+                        "method_args": {"igdm_alpha": 1.0, "clean_weight": 0.0, "entropy_order": 1.0,
                                         "inner_lambda": 1.0, "entropy_scale": 5.0}}
     preset_overrides_by_dataset = {"cifar100": {"method_args": {"igdm_alpha": 10.0}},
                                    "tinyimagenet": {"method_args": {"igdm_alpha": 10.0}}}
