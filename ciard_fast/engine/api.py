@@ -307,6 +307,7 @@ def _distribute_method(method, dist, device, config):
     if not dist.enabled:
         return
     method.reduce_mean = dist.all_reduce_mean
+    method.reduce_max = dist.all_reduce_max
     method.world_size = dist.world_size
     networks = method.all_networks()
     for role in method.trainable_roles()[1:]:  # the student is wrapped before the method is built

@@ -86,6 +86,14 @@ class DistContext:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor / self.world_size
 
+    def all_reduce_max(self, tensor):
+        """The elementwise maximum over ranks of a tensor (async on the device: no host sync)."""
+        if not self.enabled:
+            return tensor
+        tensor = tensor.clone()
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return tensor
+
     def all_reduce_sum(self, tensor):
         if not self.enabled:
             return tensor

@@ -20,6 +20,9 @@ Following the public code (`adaad_inner_loss` and the training loop of the AdaAD
     when α = 1; T(x) only when 1 − α > 0.
 The teacher-dependent objective is `pgd`'s callable-objective form (`TeacherStudentKL`): the
 attack is the library's one PGD loop (validation, random start, fused step, CUDA graph).
+
+`igdm_alpha` > 0 adds the IGDM term (`methods/igdm.py`, options `igdm_*`); 0, the default, leaves
+this method bit-identical.
 """
 import dataclasses
 from typing import Optional
@@ -28,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..options import MethodOptions, option
+from ..options import option
 from . import register_method
 from .ard import kl_divergence
 from .base import Method, Network, freeze
+from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
 
@@ -73,9 +77,10 @@ class AdaAD(Method):
     milestones = (100, 150)
     networks = (Network.teacher("robust_teacher", "robust"),)
     preset_overrides = {"weight_decay": 5e-4, "method_args": {"adv_weight": 1.0}}  # the AdaAD code's weight decay
+    shared_terms = (IGDM,)   # igdm_alpha > 0 adds the IGDM term (methods/igdm.py)
 
     @dataclasses.dataclass
-    class Options(MethodOptions):
+    class Options(IGDM.Options):
         adv_weight: float = option(1.0, "α: weight of the KL at x'; 1 − α on the KL at x", at_least=0, at_most=1)
         kd_scale: Optional[float] = option(None, "factor of the loss; None: 1 on 10 classes, C otherwise (the "
                                                  "code's CIFAR-100 sum)", greater_than=0)
@@ -83,12 +88,14 @@ class AdaAD(Method):
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
         opt = self.options
-        if opt.kd_scale is None:
-            self.kd_scale = 1.0 if self.num_classes == 10 else float(self.num_classes)
-        else:
-            self.kd_scale = float(opt.kd_scale)
+        self.kd_scale = self.default_kd_scale() if opt.kd_scale is None else float(opt.kd_scale)
         freeze(self.robust_teacher)
         self.attack_objective = TeacherStudentKL(self.robust_teacher)
+
+    def default_kd_scale(self):
+        """kd_scale when the option is None: 1 on 10 classes (the code's CIFAR-10 mean over B×C), C
+        otherwise (its CIFAR-100 sum over classes)."""
+        return 1.0 if self.num_classes == 10 else float(self.num_classes)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)

@@ -22,15 +22,19 @@ differs from it on purpose:
   * Learning rate: the code's `adjust_learning_rate` rescales a local copy of the base lr, so its
     lr stays 0.01 after epoch 150 and it counts epochs from 0; we run the schedule its arguments
     describe (0.1, 0.01 from epoch 100, 0.001 from epoch 150, epochs from 1).
+
+`igdm_alpha` > 0 adds the IGDM term (`methods/igdm.py`, options `igdm_*`); 0, the default, leaves
+this method bit-identical.
 """
 import dataclasses
 
 import torch
 import torch.nn.functional as F
 
-from ..options import MethodOptions, option
+from ..options import option
 from . import register_method
 from .base import Method, Network, freeze
+from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
 
@@ -78,9 +82,10 @@ class ARD(Method):
     # batch 256 on CIFAR-100, the ARD code's setting there
     preset_overrides = {"method_args": {"tau": 30.0, "kd_weight": 1.0}}
     preset_overrides_by_dataset = {"cifar100": {"batch_size": 256}}
+    shared_terms = (IGDM,)   # igdm_alpha > 0 adds the IGDM term (methods/igdm.py)
 
     @dataclasses.dataclass
-    class Options(MethodOptions):
+    class Options(IGDM.Options):
         tau: float = option(30.0, "distillation temperature τ (both sides)", greater_than=0)
         kd_weight: float = option(1.0, "α: weight of the KD term; 1 − α on the clean CE", at_least=0, at_most=1)
         attack_train_mode: bool = option(False, "attack with the student's BN in train mode, as the public code")

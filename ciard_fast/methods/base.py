@@ -290,9 +290,10 @@ class Method:
         self._state_names: list = []
         built = (term.from_options(self.options) for term in self.shared_terms)
         self._shared_terms: Tuple[LossTerm, ...] = tuple(term for term in built if term is not None)
-        # Set by the engine under torch.distributed: the mean over ranks of a tensor (an async
-        # all-reduce, no host sync). Identity in a single process.
+        # Set by the engine under torch.distributed: the mean (the maximum) over ranks of a tensor,
+        # elementwise (an async all-reduce, no host sync). Identity in a single process.
         self.reduce_mean: Callable[[torch.Tensor], torch.Tensor] = _identity
+        self.reduce_max: Callable[[torch.Tensor], torch.Tensor] = _identity
         self.world_size = 1
 
     # ---- networks and optimisers ------------------------------------------------------------
@@ -439,6 +440,13 @@ class Method:
         if self.world_size == 1:
             return tuple(v.detach() for v in values)
         return tuple(self.reduce_mean(torch.stack([v.detach().float() for v in values])).unbind(0))
+
+    def global_max(self, *values: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Maxima over the global batch (all ranks) of 0-d per-rank values, e.g. a batch's largest
+        entropy (a minimum is ``-global_max(-v)``); the inputs themselves when single-process. Detached."""
+        if self.world_size == 1:
+            return tuple(v.detach() for v in values)
+        return tuple(self.reduce_max(torch.stack([v.detach().float() for v in values])).unbind(0))
 
     def global_masked_mean(self, local_mean: torch.Tensor, local_count: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """A masked mean (e.g. the push loss, a mean over |M|·C) over the global batch.

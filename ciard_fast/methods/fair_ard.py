@@ -34,7 +34,7 @@ from torch import nn
 from ..options import option
 from . import register_method
 from .ard import ARD, ard_loss
-from .terms import LossSum
+from .terms import ADV, NAT, LossSum
 
 
 class _CorrectStepCounter(nn.Module):
@@ -122,7 +122,10 @@ class FairARD(ARD):
             t_nat = self.teacher(x)
         sample_weights = self.class_weights[y]
         loss = ard_loss(s_adv, s_nat, t_nat, y, tau=opt.tau, kd_weight=opt.kd_weight, sample_weights=sample_weights)
-        return LossSum().add("fair_ard_loss", loss).log("mean_sample_weight", sample_weights.mean()).output()
+        total = LossSum().add("fair_ard_loss", loss).log("mean_sample_weight", sample_weights.mean())
+        ctx = self.step_context(x, y, x_adv, {("student", ADV): s_adv, ("student", NAT): s_nat,
+                                              ("robust_teacher", NAT): t_nat})
+        return self.add_shared_terms(total, ctx).output()   # IGDM when igdm_alpha > 0 (ARD's options)
 
     def log_values(self):
         return {"class_weight_min": self.class_weights.min(), "class_weight_max": self.class_weights.max()}

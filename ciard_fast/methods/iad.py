@@ -41,7 +41,7 @@ from ..options import option
 from ..schedules import scaled_epoch
 from . import register_method
 from .ard import ARD, kl_divergence
-from .terms import LossSum
+from .terms import ADV, NAT, LossSum
 
 
 def iad_alpha(t_adv, labels, beta=0.1):
@@ -118,4 +118,7 @@ class IAD(ARD):
             t_adv = T(x_adv) if introspect else None
         loss, weights = iad_loss(s_adv, s_nat, t_nat, t_adv, y, tau=opt.tau, beta=opt.beta, kd_weight=opt.kd_weight,
                                  introspect=introspect)
-        return LossSum().add("iad_loss", loss).log("iad_alpha", weights.mean()).output()
+        total = LossSum().add("iad_loss", loss).log("iad_alpha", weights.mean())
+        ctx = self.step_context(x, y, x_adv, {("student", ADV): s_adv, ("student", NAT): s_nat,
+                                              ("robust_teacher", NAT): t_nat, ("robust_teacher", ADV): t_adv})
+        return self.add_shared_terms(total, ctx).output()   # IGDM when igdm_alpha > 0 (ARD's options)

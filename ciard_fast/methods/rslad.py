@@ -16,6 +16,9 @@ kd_scale: the public CIFAR-100 scripts (zibojia/RSLAD `resnet18_rslad_cifar100.p
 terms by 10 "to keep consistent with CIFAR-10"; that is the elementwise `kl` (docs/method.md §2) with
 its kd_scale = C/10, our default (1 on CIFAR-10). The code decays the lr after epoch 215
 has run (from epoch 216); `step_lr` decays from epoch 215 itself, as for every method here.
+
+`igdm_alpha` > 0 adds the IGDM term (`methods/igdm.py`, options `igdm_*`); 0, the default, leaves
+this method bit-identical.
 """
 import dataclasses
 from typing import Optional
@@ -23,9 +26,10 @@ from typing import Optional
 import torch
 
 from .. import losses
-from ..options import MethodOptions, option
+from ..options import option
 from . import register_method
 from .base import Method, Network, freeze
+from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
 
@@ -48,9 +52,10 @@ class RSLAD(Method):
     paper_epochs = 300
     milestones = (215, 260, 285)
     networks = (Network.teacher("robust_teacher", "robust"),)
+    shared_terms = (IGDM,)   # igdm_alpha > 0 adds the IGDM term (methods/igdm.py)
 
     @dataclasses.dataclass
-    class Options(MethodOptions):
+    class Options(IGDM.Options):
         adv_weight: float = option(5.0 / 6.0, "weight of the adversarial term; 1 − it on the clean term",
                                    at_least=0, at_most=1)
         kd_scale: Optional[float] = option(None, "factor of both KD terms; None: C/10 (×10 on CIFAR-100, as the "
