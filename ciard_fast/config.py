@@ -8,7 +8,12 @@ Presets hold only what differs from their base. A YAML preset (or config file) m
 registered method other than its own: the base, minus the settings of teachers the method does
 not use, with ``method``, ``epochs = Method.paper_epochs`` and the method's
 ``preset_overrides`` (and ``preset_overrides_by_dataset[dataset]``). A YAML file of that name, if
-shipped, wins. So a method with the base schedule needs no YAML at all.
+shipped, wins. So a method with the base schedule needs no YAML at all. The ``demo`` preset
+likewise generates ``demo-<method>``: the demo's data, models and schedule with the method's recipe
+(the ``method_args`` and ``swa_start`` of its ``preset_overrides``, an epoch of the paper's schedule
+becoming the same fraction of the demo's) and its ``preset_overrides_by_dataset["digits"]`` (e.g.
+the step size of a method whose losses are per-example sums rather than elementwise means);
+``ciard-fast compare --preset demo --per_method_presets`` runs every method with its own.
 Keys that are not TrainConfig fields but are options of the chosen method (e.g. `T_push`,
 `weighting`, `itt` for CIARD) go to `method_args`. Unknown keys raise a ValueError naming the key,
 the closest valid ones, and where the valid ones are listed.
@@ -291,7 +296,7 @@ def _generated_presets():
     yaml_names = set(_yaml_presets())
     generated = {}
     for base in sorted(yaml_names):
-        if base.count("-") != 1:  # a <dataset>-<student> base, not demo or a method's own YAML
+        if base.count("-") != 1 and base != DEFAULT_PRESET:  # a <dataset>-<student> base, or the demo
             continue
         base_method = load_preset(base).get("method", TrainConfig.method)
         for method in list_methods():
@@ -402,14 +407,28 @@ def _teacher_unused(key, method_cls):
             or (key.startswith("clean_teacher") and not method_cls.needs_clean_teacher))
 
 
+# What a method's `demo-<method>` preset takes from its `preset_overrides`: its recipe (options, weight
+# averaging), not its paper schedule (epochs, lr, batch, weight decay), which the demo shrinks for all.
+DEMO_RECIPE_KEYS = ("method_args", "swa_start")
+
+
 def _generate_preset(base, method, chain):
     from .methods import get_method
 
     cls = get_method(method)
     data = {k: v for k, v in load_preset(base, _chain=chain + (base,)).items()
             if k != "method_args" and not _teacher_unused(k, cls)}
-    data.update(method=method, epochs=cls.paper_epochs)
-    data = _merge_layers(data, dict(cls.preset_overrides))
+    data["method"] = method
+    if base == DEFAULT_PRESET:
+        # demo-<method>: the demo's schedule with the method's recipe; an swa_start given as an epoch
+        # of the paper's schedule becomes the same fraction of the demo's
+        recipe = {k: v for k, v in cls.preset_overrides.items() if k in DEMO_RECIPE_KEYS}
+        if isinstance(recipe.get("swa_start"), int) and not isinstance(recipe["swa_start"], bool):
+            recipe["swa_start"] = recipe["swa_start"] / cls.paper_epochs
+        data = _merge_layers(data, recipe)
+    else:
+        data["epochs"] = cls.paper_epochs
+        data = _merge_layers(data, dict(cls.preset_overrides))
     return _merge_layers(data, dict(cls.preset_overrides_by_dataset.get(data.get("dataset"), {})))
 
 
