@@ -30,9 +30,31 @@ def test_generated_presets_are_listed_and_loadable():
     names = set(list_presets())
     assert {"cifar10-resnet18-sat", "tinyimagenet-mobilenetv2-rslad", "cifar100-resnet18-ard"} <= names
     assert "cifar10-resnet18-ciard" not in names  # the base is CIARD's own preset
-    assert not any(n.startswith("demo-") for n in names)
+    assert "demo-ciard" not in names  # the demo is CIARD's own
     assert load_preset("cifar100-resnet18-ard")["batch_size"] == 256  # ARD's CIFAR-100 batch
     assert TrainConfig.from_preset("tinyimagenet-resnet18-fair_ard").batch_size == 128
+
+
+def test_demo_method_presets_keep_the_demo_schedule_and_take_the_methods_recipe():
+    from ciard_fast.methods import get_method
+
+    demo = TrainConfig.from_preset("demo")
+    for method in ("ard", "saad", "peeraid", "absld"):
+        cls = get_method(method)
+        config = TrainConfig.from_preset(f"demo-{method}")
+        digits = cls.preset_overrides_by_dataset.get("digits", {})
+        assert config.method == method
+        # the demo's data, models and schedule, not the paper's
+        for field in ("dataset", "student", "student_args", "epochs", "batch_size", "weight_decay", "test_attacks"):
+            assert getattr(config, field) == getattr(demo, field), (method, field)
+        assert config.lr == digits.get("lr", demo.lr)
+        # the method's recipe: its options, and SWA at the same fraction of the (shorter) run
+        for key, value in cls.preset_overrides.get("method_args", {}).items():
+            assert config.method_args[key] == digits.get("method_args", {}).get(key, value), (method, key)
+        paper_swa = cls.preset_overrides.get("swa_start")
+        assert config.swa_start == paper_swa, method
+    assert TrainConfig.from_preset("demo-saad").swa_start == 95 / 200
+    assert TrainConfig.from_preset("demo-ard").swa_start is None
 
 
 def test_a_config_file_may_name_a_base(tmp_path):
