@@ -72,7 +72,8 @@ def test_per_method_presets_pick_each_methods_recipe():
     assert preset_for("cifar10-resnet18", "rslad") == "cifar10-resnet18-rslad"
     assert preset_for("cifar100-mobilenetv2", "adaad") == "cifar100-mobilenetv2-adaad"
     assert preset_for("cifar10-resnet18", "ciard") == "cifar10-resnet18"  # CIARD's own preset
-    assert preset_for("demo", "rslad") == "demo"
+    assert preset_for("demo", "rslad") == "demo-rslad"  # the demo's schedule with RSLAD's recipe
+    assert preset_for("demo", "ciard") == "demo"
     assert preset_for("cifar10-resnet18", "rslad", per_method_presets=False) == "cifar10-resnet18"
 
 

@@ -3,7 +3,9 @@ import contextlib
 
 import torch
 
-__all__ = ["frozen_parameters", "to_device_param", "preserved_rng"]
+__all__ = ["frozen_parameters", "to_device_param", "preserved_rng", "import_pyautoattack", "PYAUTOATTACK_HINT"]
+
+PYAUTOATTACK_HINT = 'pip install "ciard-fast[autoattack]"'
 
 
 @contextlib.contextmanager
@@ -53,3 +55,13 @@ def preserved_rng(device=None):
         torch.set_rng_state(cpu_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state(cuda_state)
+
+
+def import_pyautoattack(module, name, what):
+    """``from <module> import <name>`` of the optional package pyautoattack (AutoAttack, its Square
+    Attack), or an ImportError saying that `what` needs it and how to install it."""
+    try:  # through __import__ (not importlib), so that a test can hide the package
+        return getattr(__import__(module, fromlist=[name]), name)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"{what} needs the optional package 'pyautoattack' ({err}); install it with: "
+                          f"{PYAUTOATTACK_HINT}") from err

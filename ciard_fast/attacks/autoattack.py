@@ -9,24 +9,18 @@ import warnings
 
 import torch
 
-from ._common import frozen_parameters, preserved_rng
+from ._common import frozen_parameters, import_pyautoattack, preserved_rng
 from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_model, check_radius
 
 __all__ = ["autoattack", "AA_ATTACKS", "AA_VERSIONS", "standard_attacks", "import_autoattack"]
 
 AA_VERSIONS = ("standard", "plus", "rand", "custom")
 AA_ATTACKS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-INSTALL_HINT = 'pip install "ciard-fast[autoattack]"'
 
 
 def import_autoattack():
     """Return pyautoattack's ``AutoAttack`` class, or raise ImportError saying how to install it."""
-    try:
-        from pyautoattack import AutoAttack
-    except ImportError as err:
-        raise ImportError(f"AutoAttack needs the optional package 'pyautoattack' ({err}); install it with: "
-                          f"{INSTALL_HINT}") from err
-    return AutoAttack
+    return import_pyautoattack("pyautoattack", "AutoAttack", "AutoAttack")
 
 
 def standard_attacks(version="standard"):

@@ -15,24 +15,18 @@ version also runs with 5000 queries.
 """
 import torch
 
-from ._common import frozen_parameters, preserved_rng
+from ._common import frozen_parameters, import_pyautoattack, preserved_rng
 from .columns import register_attack
 from .validate import check_choice, check_images, check_labels, check_labels_in_range, check_model, check_radius
 
 __all__ = ["square", "import_square", "SQUARE_LOSSES"]
 
 SQUARE_LOSSES = ("margin", "ce")
-INSTALL_HINT = 'pip install "ciard-fast[autoattack]"'
 
 
 def import_square():
     """Return pyautoattack's ``SquareAttack`` class, or raise ImportError saying how to install it."""
-    try:
-        from pyautoattack.square import SquareAttack
-    except ImportError as err:
-        raise ImportError(f"the Square Attack needs the optional package 'pyautoattack' ({err}); install it with: "
-                          f"{INSTALL_HINT}") from err
-    return SquareAttack
+    return import_pyautoattack("pyautoattack.square", "SquareAttack", "the Square Attack")
 
 
 def _check_int(value, name, minimum):

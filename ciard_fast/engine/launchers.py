@@ -115,6 +115,21 @@ def _failure_of(job):
     return None
 
 
+def _collect(key, job, run, finished, rows, failed, of=None):
+    """A job that is done: its row into `rows` (read from the run's folder), or (key, job, reason)
+    into `failed` when it raised or returned without leaving the row of this config."""
+    reason, row = _failure_of(job), None
+    if reason is None:
+        row = finished(run)
+        reason = None if row is not None else "returned, but its folder holds no row of this config"
+    if reason:
+        failed.append((key, job, reason))
+        _say(f"{key}: FAILED ({reason})")
+    else:
+        rows[key] = row
+        _say(f"{key}: done" + (f" ({len(rows)} of {of})" if of is not None else ""))
+
+
 def _state_word(state):
     return (state or "UNKNOWN").split()[0].upper()
 
@@ -225,14 +240,7 @@ class LocalLauncher:
                             del running[key]
                             if gpu is not None:
                                 jobs_on[gpu] -= 1
-                            reason = _failure_of(job) or (None if finished(run) is not None else
-                                                          "returned, but its folder holds no row of this config")
-                            if reason:
-                                failed.append((key, job, reason))
-                                _say(f"{key}: FAILED ({reason})")
-                            else:
-                                rows[key] = finished(run)
-                                _say(f"{key}: done")
+                            _collect(key, job, run, finished, rows, failed)
                     if running:
                         time.sleep(POLL_S["local"])
             except KeyboardInterrupt as stop:
@@ -430,14 +438,7 @@ class SlurmLauncher:
                 if job.done():
                     del pending[key]
                     run = by_key[key]
-                    reason = _failure_of(job) or (None if finished(run) is not None else
-                                                  "returned, but its folder holds no row of this config")
-                    if reason:
-                        failed.append((key, job, reason))
-                        _say(f"{key}: FAILED ({reason})")
-                    else:
-                        rows[key] = finished(run)
-                        _say(f"{key}: done ({len(rows)} of {len(plan)})")
+                    _collect(key, job, run, finished, rows, failed, of=len(plan))
             if pending:
                 time.sleep(POLL_S["slurm"])
         if failed:

@@ -295,21 +295,11 @@ def existing_file(entry, model_dir="models"):
     return path
 
 
-def _strip(key):
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in KEY_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
-
-
 def read_state_dict(path):
     """The state dict of a RobustBench file: its ``"state_dict"`` entry when it has one (as
     ``robustbench.utils.load_model`` reads it), with the ``module.`` / ``model.`` key prefixes
     stripped. Read through the one reader of torch files (`models.weights.read_tensor_file`)."""
-    from .weights import read_tensor_file
+    from .weights import read_tensor_file, strip_key_prefixes
 
     checkpoint = read_tensor_file(path, what="RobustBench checkpoint",
                                   fix="download it again (it may have been cut short)")
@@ -317,7 +307,7 @@ def read_state_dict(path):
         checkpoint = checkpoint["state_dict"]
     if not isinstance(checkpoint, Mapping):
         raise TypeError(f"{path!r} holds a {type(checkpoint).__name__}, not a state dict")
-    return {_strip(k): v for k, v in checkpoint.items()}
+    return strip_key_prefixes(checkpoint, KEY_PREFIXES)
 
 
 def build_entry_model(entry):

@@ -53,7 +53,7 @@ def load_weights(model, path_or_state_dict, strict=True):
     state = _read(path_or_state_dict)
     try:
         state = _unwrap_checkpoint(state)
-        state = _strip_prefixes(state)
+        state = strip_key_prefixes(state)
         state = _adopt_normalization(target, state)
         _check_fits(target, state, strict)
     except (TypeError, ValueError) as exc:
@@ -196,13 +196,16 @@ def _is_tensor_mapping(state):
     return isinstance(state, Mapping) and all(torch.is_tensor(v) for v in state.values())
 
 
-def _strip_prefixes(state):
+def strip_key_prefixes(state, prefixes=_PREFIXES):
+    """`state` with every leading prefix of `prefixes` removed from its keys, repeatedly
+    ('module._orig_mod.conv.weight' -> 'conv.weight'): DataParallel/DDP and torch.compile wrappers
+    (and RobustBench's 'model.') leave them on saved keys."""
     out = {}
     for key, value in state.items():
         stripped = True
         while stripped:
             stripped = False
-            for p in _PREFIXES:
+            for p in prefixes:
                 if key.startswith(p):
                     key, stripped = key[len(p):], True
         out[key] = value
