@@ -44,7 +44,8 @@ from test_ciard_method import forbid_host_sync
 __all__ = ["test_contract_step_makes_no_host_sync", "test_contract_logged_values_are_0d_tensors",
            "test_contract_frozen_networks_stay_frozen", "test_contract_state_round_trip_restores_every_tensor",
            "test_contract_mid_epoch_resume_is_exact",
-           "test_contract_bad_options_fail_at_config_time", "teacher_files"]
+           "test_contract_bad_options_fail_at_config_time", "teacher_files",
+           "teachers_of"]
 
 EPOCHS = 6  # CIARD's ITT from epoch 2, IAD's introspection from epoch 2: epochs 1 and 6 see both sides
 
@@ -192,11 +193,17 @@ def teacher_files(tmp_path_factory):
     return files
 
 
+def teachers_of(method, teacher_files, method_args=None):
+    """The entries of `teacher_files` that `method` reads (a teacher file given to a method that
+    uses no such teacher is warned about)."""
+    from ciard_fast.engine.teachers import needed_teachers
+
+    kinds = needed_teachers(method, method_args)
+    return {field: path for field, path in teacher_files.items() if field[:-len("_teacher")] in kinds}
+
+
 def _config(case, teacher_files, out_dir, **extra):
-    # only the teacher files the method reads (a file given to a method that uses none is warned about)
-    options = case.cls.Options(**case.options)
-    slots = {n.slot for n in case.cls.variant_for(options).declare_networks(options) if n.source == "teacher"}
-    given = {field: path for field, path in teacher_files.items() if field[:-len("_teacher")] in slots}
+    given = teachers_of(case.cls.name, teacher_files, dict(case.options))
     return build_config(overrides={**TINY, **given, "method": case.cls.name, "method_args": dict(case.options),
                                    "out_dir": out_dir, **extra})
 

@@ -22,7 +22,7 @@ from ciard_fast.methods import base as base_module
 from ciard_fast.options import check_option_fields, option_help, option_rule
 
 from _tiny import tiny_convnet
-from method_contract import TINY, teacher_files  # noqa: F401  (a fixture)
+from method_contract import TINY, teacher_files, teachers_of  # noqa: F401  (a fixture)
 
 
 # ---- options: checked where they are built, which the config does --------------------------------
@@ -293,7 +293,7 @@ def test_a_callback_resumes_a_checkpoint_written_without_it(tmp_path, teacher_fi
         def load_state_dict(self, state):
             seen.append(state)
 
-    config = build_config(overrides={**TINY, **teacher_files, "method": "sat", "epochs": 2, "stop_after": 1,
+    config = build_config(overrides={**TINY, **teachers_of("sat", teacher_files), "method": "sat", "epochs": 2, "stop_after": 1,
                                      "out_dir": str(tmp_path / "run")})
     ciard_fast.train(config)
     register_callback("zz_late", lambda config: Late())

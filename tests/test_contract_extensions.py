@@ -280,7 +280,7 @@ def test_a_shared_term_plugs_into_a_method_it_does_not_know(tmp_path):
 
 
 def test_a_shared_term_trains_through_train(tmp_path, teacher_files):
-    result = ciard_fast.train(build_config(overrides={**TINY, **teacher_files, "method": "toy_ard", "toy_gamma": 1.0,
+    result = ciard_fast.train(build_config(overrides={**TINY, **teachers_of("toy_ard", teacher_files), "method": "toy_ard", "toy_gamma": 1.0,
                                                       "out_dir": str(tmp_path / "toy_ard")}))
     assert "train_toy_agreement" in result.history[-1] and "train_ard_loss" in result.history[-1]
 

@@ -313,7 +313,7 @@ def test_the_variants_presets():
 
 @pytest.mark.parametrize("name", ["adaad_igdm", "rslad_igdm"])
 def test_a_variant_trains_through_train_with_file_teachers(name, tmp_path, teacher_files):
-    result = ciard_fast.train(build_config(overrides={**TINY, **teacher_files, "method": name,
+    result = ciard_fast.train(build_config(overrides={**TINY, **teachers_of(name, teacher_files), "method": name,
                                                       "out_dir": str(tmp_path / name)}))
     last = result.history[-1]
     assert "train_igdm" in last and math.isfinite(last["train_igdm"]) and last["train_igdm"] > 0

@@ -22,7 +22,7 @@ from ciard_fast.methods import absld as absld_mod
 from ciard_fast.methods import base as base_mod
 
 from _tiny import tiny_convnet
-from method_contract import TINY, teacher_files  # noqa: F401  (teacher_files: a fixture)
+from method_contract import TINY, teacher_files, teachers_of  # noqa: F401  (teacher_files: a fixture)
 
 
 # ---- explicit math (float64), independent of the library -------------------------------------------
@@ -297,7 +297,7 @@ def test_presets_hold_the_published_recipe():
 
 # ---- through the engine ----------------------------------------------------------------------------------
 def test_trains_through_train_with_file_teachers(tmp_path, teacher_files):
-    config = build_config(overrides={**TINY, **teacher_files, "method": "absld", "out_dir": str(tmp_path / "run")})
+    config = build_config(overrides={**TINY, **teachers_of("absld", teacher_files), "method": "absld", "out_dir": str(tmp_path / "run")})
     result = ciard_fast.train(config)
     assert result.metrics and all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
     state = ckpt.load_checkpoint(result.last_checkpoint)

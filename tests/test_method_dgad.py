@@ -23,7 +23,7 @@ from ciard_fast.methods import base as base_mod
 from ciard_fast.methods import dgad as dgad_mod
 
 from _tiny import tiny_convnet
-from method_contract import TINY, teacher_files  # noqa: F401  (teacher_files: a fixture)
+from method_contract import TINY, teacher_files, teachers_of  # noqa: F401  (teacher_files: a fixture)
 from test_ciard_method import forbid_host_sync
 
 
@@ -291,7 +291,7 @@ def test_presets_hold_the_code_defaults():
 
 
 def test_trains_through_train_with_file_teachers(tmp_path, teacher_files):
-    config = build_config(overrides={**TINY, **teacher_files, "method": "dgad", "out_dir": str(tmp_path / "run")})
+    config = build_config(overrides={**TINY, **teachers_of("dgad", teacher_files), "method": "dgad", "out_dir": str(tmp_path / "run")})
     result = ciard_fast.train(config)
     assert result.metrics and all(math.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
     last = result.history[-1]

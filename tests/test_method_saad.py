@@ -29,7 +29,7 @@ from ciard_fast.methods.saad import (SAAD, LinearisedTeacherKL, entropy_weights,
                                      true_class_gradient)
 
 from _tiny import tiny_convnet, tiny_convnet_nobn
-from method_contract import TINY, batch, teacher_files  # noqa: F401  (a fixture)
+from method_contract import TINY, batch, teacher_files, teachers_of  # noqa: F401  (a fixture)
 
 
 def make(epochs=6, steps=2, random_start="default", nets=tiny_convnet, dtype=torch.float32, **options):
@@ -276,7 +276,7 @@ def test_the_presets():
 
 
 def test_saad_trains_through_train_with_file_teachers_and_swa(tmp_path, teacher_files):  # noqa: F811
-    result = ciard_fast.train(build_config(overrides={**TINY, **teacher_files, "method": "saad", "swa_start": 2,
+    result = ciard_fast.train(build_config(overrides={**TINY, **teachers_of("saad", teacher_files), "method": "saad", "swa_start": 2,
                                                       "out_dir": str(tmp_path / "saad")}))
     last = result.history[-1]
     for key in ("train_L_adv", "train_igdm", "train_mean_weight", "train_teacher_entropy"):
