@@ -237,6 +237,23 @@ def test_the_peer_optimiser_is_the_engines(tmp_path):
         ToyPeer(tiny_convnet(), num_classes=10, epochs=4)
 
 
+def test_the_base_class_freezes_every_network_not_declared_trainable():
+    # a method that declares a teacher and never calls freeze() itself: the teacher is frozen at
+    # construction and again at every epoch's start, whatever happened to the module in between
+    class ToyTeacherOnly(Method):
+        name = "toy_teacher_only"
+        networks = (Network.teacher("robust_teacher", "robust"), Network.fresh("peer"))
+
+    teacher, peer = tiny_convnet(seed=1).train(), tiny_convnet(seed=2).train()
+    method = ToyTeacherOnly(tiny_convnet(seed=0), num_classes=10, epochs=4, robust_teacher=teacher, peer=peer)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert peer.training and all(p.requires_grad for p in peer.parameters())   # declared trainable: untouched
+    teacher.train().requires_grad_(True)
+    method.start_epoch(2)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert peer.training and all(p.requires_grad for p in peer.parameters())
+
+
 def test_a_shared_term_plugs_into_a_method_it_does_not_know(tmp_path):
     options = ToyARD.Options(toy_gamma=2.0, tau=4.0)
     method = ToyARD(tiny_convnet(seed=0), num_classes=10, epochs=4, robust_teacher=tiny_convnet(seed=1),
@@ -286,7 +303,7 @@ def test_a_shared_term_trains_through_train(tmp_path, teacher_files):
 
 
 def test_an_engine_callback_is_what_every_reader_evaluates(tmp_path, monkeypatch):
-    from ciard_fast.attacks.cli_eval import read_checkpoint
+    from ciard_fast.cli_eval import read_checkpoint
     from ciard_fast.deploy.exporter import export, load_safetensors_student
     from ciard_fast.engine.model_card import weights_digest
 

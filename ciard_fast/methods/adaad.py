@@ -34,7 +34,7 @@ from torch import nn
 from ..options import option
 from . import register_method
 from .ard import kl_divergence
-from .base import Method, Network, freeze
+from .base import Method, Network
 from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
@@ -89,17 +89,12 @@ class AdaAD(Method):
         super().__init__(student, **kwargs)
         opt = self.options
         self.kd_scale = self.default_kd_scale() if opt.kd_scale is None else float(opt.kd_scale)
-        freeze(self.robust_teacher)
         self.attack_objective = TeacherStudentKL(self.robust_teacher)
 
     def default_kd_scale(self):
         """kd_scale when the option is None: 1 on 10 classes (the code's CIFAR-10 mean over B×C), C
         otherwise (its CIFAR-100 sum over classes)."""
         return 1.0 if self.num_classes == 10 else float(self.num_classes)
-
-    def start_epoch(self, epoch):
-        super().start_epoch(epoch)
-        freeze(self.robust_teacher)
 
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher

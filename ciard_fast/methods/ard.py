@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..options import option
 from . import register_method
-from .base import Method, Network, freeze
+from .base import Method, Network
 from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
@@ -92,15 +92,10 @@ class ARD(Method):
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
-        freeze(self.robust_teacher)
 
     @property
     def teacher(self):
         return self.robust_teacher
-
-    def start_epoch(self, epoch):
-        super().start_epoch(epoch)
-        freeze(self.teacher)
 
     @property
     def attack_train_mode(self):

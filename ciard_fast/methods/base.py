@@ -281,6 +281,7 @@ class Method:
                         else "")
                 raise ValueError(f"method {self.name!r} needs {what} ({spec.role}=...){hint}")
             self.set_network(spec.role, module)
+        self.freeze_frozen_networks()
         self.num_classes = int(num_classes)
         self.epochs = int(epochs)
         self.base_lr = float(base_lr)
@@ -313,6 +314,14 @@ class Method:
         """The roles the method trains: the student and every network declared trainable."""
         return (STUDENT,) + tuple(spec.role for spec in self.network_specs if spec.trainable)
 
+    def freeze_frozen_networks(self) -> None:
+        """Put every network declared not trainable in eval mode without parameter gradients
+        (:func:`freeze`): at construction and again at the start of every epoch, so that no method
+        has to remember it and nothing the engine did to the modules in between is carried over."""
+        for spec in self.network_specs:
+            if not spec.trainable:
+                freeze(getattr(self, spec.role))
+
     def configure_optimizers(self) -> Sequence[OptimizerSpec]:
         """The optimisers besides the student's (none by default); see :class:`OptimizerSpec`."""
         return ()
@@ -327,8 +336,9 @@ class Method:
 
     def start_epoch(self, epoch: int) -> None:
         """Called by the engine before the first step of every epoch (counted from 1), after every
-        optimiser's learning rate for the epoch is set."""
+        optimiser's learning rate for the epoch is set. Overrides call it first."""
         self.epoch = int(epoch)
+        self.freeze_frozen_networks()
 
     def training_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, torch.Tensor]:
         """One step's objective. x: [B, C, H, W] in [0, 1]; y: [B] int64.

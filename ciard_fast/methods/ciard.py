@@ -67,8 +67,7 @@ class CIARD(Method):
         self.weighting = opt.weighting if opt.weighting is not None else self.default_weighting
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
         self.E_itt = self.epochs / 6.0 if opt.E_itt is None else float(opt.E_itt)
-        freeze(self.clean_teacher)
-        freeze(self.robust_teacher)
+        freeze(self.robust_teacher)  # trainable with ITT, but only from epoch E_itt on (start_epoch)
         # Method state: all 0-d / 1-d device tensors (steps 6-8), never read on the host. float64
         # for a float64 student (exact checks), else float32.
         self.state_dtype = next((p.dtype for p in student.parameters() if p.dtype == torch.float64), torch.float32)

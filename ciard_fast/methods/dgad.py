@@ -48,8 +48,8 @@ from ..options import MethodOptions, option
 from . import register_method
 from .adaad import TeacherStudentKL
 from .ard import kl_divergence
-from .base import Method, Network, freeze
-from .terms import ADV, NAT, LossSum
+from .base import Method, Network
+from .terms import LossSum
 
 DgadTerms = namedtuple("DgadTerms", "kd_clean kd_adv pcr teacher_wrong adv_swapped")
 
@@ -119,12 +119,7 @@ class DGAD(Method):
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
-        freeze(self.robust_teacher)
         self.attack_objective = TeacherStudentKL(self.robust_teacher)  # AdaAD's inner maximisation
-
-    def start_epoch(self, epoch):
-        super().start_epoch(epoch)
-        freeze(self.robust_teacher)
 
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher

@@ -31,7 +31,7 @@ from .. import losses
 from ..options import MethodOptions, option
 from ..schedules import step_decay_factor
 from . import register_method
-from .base import Method, Network, freeze
+from .base import Method, Network
 from .terms import LossSum
 
 
@@ -57,8 +57,6 @@ class MTARD(Method):
         opt = self.options
         self.rate_decay_epochs = tuple(float(e) for e in opt.rate_decay_epochs)
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
-        freeze(self.robust_teacher)
-        freeze(self.clean_teacher)
         # Method state, all device tensors (read on the host only for logging, between steps).
         self.register_state("weights", torch.tensor([1.0 - opt.w_nat, opt.w_nat], device=self.device))  # [w_adv, w_nat]
         self.register_state("initial_losses", torch.ones(2, device=self.device))
@@ -68,8 +66,6 @@ class MTARD(Method):
     # ---- schedules -----------------------------------------------------------------------------
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
-        freeze(self.robust_teacher)
-        freeze(self.clean_teacher)
         self.eta_w.fill_(self.options.eta_w * self.rate_decay(epoch))
 
     def rate_decay(self, epoch):

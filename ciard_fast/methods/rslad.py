@@ -28,7 +28,7 @@ import torch
 from .. import losses
 from ..options import option
 from . import register_method
-from .base import Method, Network, freeze
+from .base import Method, Network
 from .igdm import IGDM
 from .terms import ADV, NAT, LossSum
 
@@ -65,11 +65,6 @@ class RSLAD(Method):
         super().__init__(student, **kwargs)
         opt = self.options
         self.kd_scale = self.num_classes / 10.0 if opt.kd_scale is None else float(opt.kd_scale)
-        freeze(self.robust_teacher)
-
-    def start_epoch(self, epoch):
-        super().start_epoch(epoch)
-        freeze(self.robust_teacher)
 
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher

@@ -65,7 +65,7 @@ from torch import nn
 
 from ..options import option
 from . import register_method
-from .base import Method, Network, freeze
+from .base import Method, Network
 from .igdm import IGDM, igdm_alpha_option, kl_per_sample
 from .terms import ADV, NAT, LossSum
 
@@ -168,13 +168,8 @@ class SAAD(Method):
 
     def __init__(self, student, **kwargs):
         super().__init__(student, **kwargs)
-        freeze(self.robust_teacher)
         self.attack_objective = LinearisedTeacherKL(self.options.inner_lambda)
         self.igdm = IGDM.from_options(self.options)   # weighted per example here, not a plug-in
-
-    def start_epoch(self, epoch):
-        super().start_epoch(epoch)
-        freeze(self.robust_teacher)
 
     def training_step(self, x, y):
         S, T = self.student, self.robust_teacher
