@@ -14,7 +14,7 @@ from .version import __version__
 SUBCOMMANDS = {
     "train": ("ciard_fast.engine.cli_train", "distil a robust student (no arguments: the embedded digits demo)"),
     "teacher": ("ciard_fast.engine.cli_teacher", "train a teacher: --method natural | sat | trades"),
-    "eval": ("ciard_fast.attacks.cli_eval", "evaluate a checkpoint under FGSM / PGD / CW / AutoAttack"),
+    "eval": ("ciard_fast.cli_eval", "evaluate a checkpoint under FGSM / PGD / CW / AutoAttack"),
     "compare": ("ciard_fast.engine.cli_compare", "train several methods on the same data and teachers, one table"),
     "export": ("ciard_fast.deploy.cli", "export a student to ONNX / TorchScript / safetensors, verified, with a model card"),
     "doctor": ("ciard_fast.diagnostics", "check this machine first: versions, kernels, bf16, CUDA graphs, speed"),

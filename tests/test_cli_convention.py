@@ -190,7 +190,7 @@ def test_a_fake_rank_one_prints_nothing_and_rank_zero_prints_the_table(weights, 
 def test_a_failure_of_one_rank_alone_is_said_by_that_rank(weights, monkeypatch):
     """Bad input is the same on every rank (rank 0 says it); a runtime failure may hit one rank
     only, so that rank says it, marked with its rank."""
-    from ciard_fast.attacks import cli_eval
+    from ciard_fast import cli_eval
 
     def disk_full(args):
         raise OSError("[Errno 28] No space left on device")
@@ -242,7 +242,7 @@ def test_under_two_real_ranks_only_rank_zero_prints_the_closing_lines(tmp_path):
 def test_warnings_are_one_line(tmp_path, weights, monkeypatch):
     import warnings
 
-    from ciard_fast.attacks import cli_eval
+    from ciard_fast import cli_eval
 
     def warn(args):
         warnings.warn("something the user should know\nacross two lines", UserWarning)

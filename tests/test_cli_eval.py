@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ciard_fast.cli import main
-from ciard_fast.attacks.cli_eval import parse_eps
+from ciard_fast.cli_eval import parse_eps
 
 
 @pytest.fixture(scope="module")

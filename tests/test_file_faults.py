@@ -153,7 +153,7 @@ def test_an_empty_file_does_not_crash_the_message_builder(tmp_path):
     path = make(tmp_path / "w.pt", "empty")
     with pytest.raises(ValueError, match="is empty"):
         load_weights(create_model("small_cnn", width=4), path)
-    from ciard_fast.attacks.cli_eval import read_checkpoint
+    from ciard_fast.cli_eval import read_checkpoint
 
     with pytest.raises(ValueError, match="is empty"):
         read_checkpoint(path)
@@ -288,7 +288,7 @@ def test_yaml_config(tmp_path, fault, words):
 def test_eval_reads_a_safetensors_file_and_a_cut_one_fails_clearly(tmp_path):
     from safetensors.torch import save_file
 
-    from ciard_fast.attacks.cli_eval import read_checkpoint
+    from ciard_fast.cli_eval import read_checkpoint
 
     state = create_model("small_cnn", num_classes=10, width=4).state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "student.safetensors"))

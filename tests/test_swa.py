@@ -128,7 +128,7 @@ def test_off_by_default_builds_no_callback():
 
 # ---- what is evaluated ---------------------------------------------------------------------------------
 def test_validation_best_pt_table_card_eval_and_export_use_the_average(tmp_path, monkeypatch):
-    from ciard_fast.attacks.cli_eval import read_checkpoint
+    from ciard_fast.cli_eval import read_checkpoint
     from ciard_fast.deploy.exporter import export, load_safetensors_student
     from ciard_fast.engine.model_card import read_model_card, weights_digest
 

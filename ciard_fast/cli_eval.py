@@ -19,11 +19,11 @@ import argparse
 import os
 import sys
 
-from ..cli_options import add_option, fraction_in_unit_interval, nonnegative_int, positive_int
-from .checks import EvaluationCheckError
-from .columns import get_attack, list_attacks
-from .evaluate import ATTACKS
-from .protocols import PROTOCOLS
+from .cli_options import add_option, fraction_in_unit_interval, nonnegative_int, positive_int
+from .attacks.checks import EvaluationCheckError
+from .attacks.columns import get_attack, list_attacks
+from .attacks.evaluate import ATTACKS
+from .attacks.protocols import PROTOCOLS
 
 __all__ = ["add_arguments", "run", "parse_eps", "positive_int", "read_checkpoint", "describe_normalization"]
 
@@ -92,8 +92,8 @@ def read_checkpoint(path):
     evaluates other weights, those: `engine.checkpoint.eval_weights`); anything else is passed on
     to ``load_weights`` unchanged. Read with ``weights_only=True`` (no arbitrary code).
     """
-    from ..engine.checkpoint import eval_weights
-    from ..models.weights import read_tensor_file, read_weights_file
+    from .engine.checkpoint import eval_weights
+    from .models.weights import read_tensor_file, read_weights_file
 
     if os.fspath(path).endswith(".safetensors"):  # e.g. a student written by ciard-fast export
         return read_weights_file(path), None
@@ -129,8 +129,8 @@ def _statistics_source(config, dataset, dataset_name, root):
     """What normalize=True of the checkpoint's run refers to: the run's own (training) dataset.
     The loaded dataset when it is that one (its mean/std are the training images' whatever the
     split), else the run's dataset by name, or loaded when the table has no entry for it."""
-    from ..data import load_dataset
-    from ..models import DATASET_STATS
+    from .data import load_dataset
+    from .models import DATASET_STATS
 
     run_dataset = config.get("dataset")
     if run_dataset is None or run_dataset == dataset_name:
@@ -145,8 +145,8 @@ def _build_from_file(path, checkpoint, model_name, normalize_text, dataset, data
     :func:`read_checkpoint` returned for it: a state dict, or a trainer checkpoint whose config
     names the architecture and normalisation). `role` ("model" or "surrogate") names the options
     in errors. Returns (model, description dict)."""
-    from ..models import create_model, load_weights
-    from ..models.normalization import resolve_normalization
+    from .models import create_model, load_weights
+    from .models.normalization import resolve_normalization
 
     option = "--model" if role == "model" else "--surrogate_model"
     normalize_option = "--normalize" if role == "model" else "--surrogate_normalize"
@@ -180,7 +180,7 @@ def _build_from_file(path, checkpoint, model_name, normalize_text, dataset, data
 def _robustbench_entry(reference, dataset_name):
     """The ZooEntry of `robustbench:NAME` for `dataset_name`, or, with no dataset given, for the
     one dataset that has an entry of that name."""
-    from ..models import robustbench
+    from .models import robustbench
 
     name = robustbench.parse_reference(reference)
     if dataset_name is None:
@@ -194,7 +194,7 @@ def _robustbench_entry(reference, dataset_name):
 def _build_robustbench(reference, dataset_name, weights, model_dir):
     """(model, entry, file) of a RobustBench entry: from `weights` when given, else from
     `model_dir` in RobustBench's layout."""
-    from ..models import load_weights, robustbench
+    from .models import load_weights, robustbench
 
     entry = _robustbench_entry(reference, dataset_name)
     model = robustbench.build_entry_model(entry)
@@ -217,11 +217,11 @@ def _describe_robustbench(entry, path):
 
 
 def run(args):
-    from ..data import load_dataset
-    from ..engine.precision import resolve_device
-    from ..models import robustbench
-    from ..outputs import check_output_file
-    from .evaluate import evaluate
+    from .data import load_dataset
+    from .engine.precision import resolve_device
+    from .models import robustbench
+    from .outputs import check_output_file
+    from .attacks.evaluate import evaluate
 
     try:
         if args.json:  # before the evaluation, not after it
