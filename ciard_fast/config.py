@@ -454,6 +454,19 @@ def _method_option_names(method):
     return tuple(f.name for f in dataclasses.fields(get_method(method).Options))
 
 
+def _method_renamed_options(method):
+    from .methods import get_method
+
+    return get_method(method).Options.renamed
+
+
+def _current_option_names(method, method_args):
+    """method_args under the method's current option names (`MethodOptions.renamed`)."""
+    from .methods import get_method
+
+    return get_method(method).Options.with_current_names(method_args, method)
+
+
 def _unknown_key_error(key, method, option_names):
     valid = FIELD_NAMES + option_names
     close = difflib.get_close_matches(key, valid, n=3)
@@ -486,14 +499,16 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
         merged.update(layer)
     method = merged.get("method", TrainConfig.method)
     option_names = _method_option_names(method)
+    renamed = _method_renamed_options(method)
     fields = {}
     for key, value in merged.items():
         if key in FIELD_NAMES:
             fields[key] = value
-        elif key in option_names:
+        elif key in option_names or key in renamed:
             method_args[key] = value
         else:
             raise _unknown_key_error(key, method, option_names)
+    method_args = _current_option_names(method, method_args)
     for key in method_args:
         if key not in option_names:
             raise _unknown_key_error(key, method, option_names)
@@ -571,6 +586,8 @@ def validate_config(config):
 
     _check_choice("attack_random_start", config.attack_random_start, TRAINING_RANDOM_STARTS)
     _check_choice("method", config.method, list_methods())
+    # an old config or checkpoint may name an option by its former name: the current one is kept
+    object.__setattr__(config, "method_args", _current_option_names(config.method, config.method_args))
     # the method's own Options check every option (type, range, choices, rules between them) now,
     # before any data is loaded or teacher trained
     make_options(config.method, config.method_args)

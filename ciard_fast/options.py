@@ -24,7 +24,8 @@ import difflib
 import math
 import numbers
 import typing
-from typing import Any, Optional, Sequence, Tuple
+import warnings
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["MethodOptions", "option", "check_option_fields", "check_type", "check_range", "check_choice",
            "type_name", "matches", "option_help", "option_rule"]
@@ -207,6 +208,9 @@ class MethodOptions:
     `check_option_fields`) and then `check()`. Raises TypeError/ValueError naming the option, the
     value and the rule; a config that names the method prefixes its name (`methods.make_options`)."""
 
+    #: former option names that configs and checkpoints may still hold: old name -> current name
+    renamed: ClassVar[Mapping[str, str]] = {}
+
     def __post_init__(self) -> None:
         check_option_fields(self)
         self.check()
@@ -217,3 +221,21 @@ class MethodOptions:
     @classmethod
     def names(cls) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def with_current_names(cls, method_args: Mapping[str, Any], method: str) -> dict:
+        """`method_args` with every former option name (`renamed`) replaced by the current one, a
+        FutureWarning for each (so an old config or checkpoint keeps working and says how to write
+        it now); both spellings of one option at once is a ValueError."""
+        current = {}
+        for key, value in method_args.items():
+            new = cls.renamed.get(key)
+            if new is None:
+                current[key] = value
+                continue
+            if new in method_args:
+                raise ValueError(f"method {method!r}: {key!r} is the former name of {new!r}; give only {new!r}")
+            warnings.warn(f"method {method!r}: the option {key!r} is now called {new!r}; read as {new}={value!r}",
+                          FutureWarning, stacklevel=2)
+            current[new] = value
+        return current

@@ -39,7 +39,7 @@ def make_pair():
                          momentum=MOMENTUM, weight_decay=WD, steps=3)
     cls = get_method("ciard")
     ours = cls(student, num_classes=10, epochs=EPOCHS, robust_teacher=robust, clean_teacher=clean,
-               options=cls.Options(teacher_lr=TEACHER_LR), attack=AttackSettings(8 / 255, 2 / 255, 3))
+               options=cls.Options(itt_lr=TEACHER_LR), attack=AttackSettings(8 / 255, 2 / 255, 3))
     optimizer = RunOptimizers(ours, momentum=MOMENTUM, weight_decay=WD, kind="sgd")  # the student's, ITT's
     assert optimizer["student"].param_groups[0]["lr"] == LR
     return ours, optimizer, ref

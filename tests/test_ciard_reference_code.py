@@ -163,7 +163,7 @@ def run_method(S, R, N, data, reference_code, weighting, trace=None):
     student's SGD and ITT's on R, each lr from its schedule at the epoch's start). `trace`: a list
     that gets (epoch, τ_adv, τ_nat, w_adv, w_nat, λ) after every step."""
     cls = get_method("ciard")
-    options = cls.Options(reference_code=reference_code, weighting=weighting, teacher_lr=TEACHER_LR)
+    options = cls.Options(reference_code=reference_code, weighting=weighting, itt_lr=TEACHER_LR)
     method = cls(S, num_classes=10, epochs=EPOCHS, robust_teacher=R, clean_teacher=N, options=options,
                  attack=AttackSettings(EPS, ALPHA, STEPS))
     opt = RunOptimizers(method, momentum=0.9, weight_decay=2e-4, kind="sgd")

@@ -36,8 +36,8 @@ def test_a_bad_option_fails_when_the_config_is_built_before_any_data_or_teacher(
         ciard_fast.train(method="mtard", eta_w=2.0, out_dir=str(tmp_path / "run"))
     with pytest.raises(ValueError, match=r"method 'ciard': eta_w must be in \[0, 1\]"):  # inherited from MTARD's
         build_config(overrides={"method": "ciard", "eta_w": 1.5})
-    with pytest.raises(ValueError, match="teacher_momentum must be in \\[0, 1\\)"):
-        build_config(overrides={"method": "ciard", "teacher_momentum": 1.0})
+    with pytest.raises(ValueError, match="itt_momentum must be in \\[0, 1\\)"):
+        build_config(overrides={"method": "ciard", "itt_momentum": 1.0})
     with pytest.raises(ValueError, match="w_nat=0.3 sets the adaptive weights' start, but weighting='fixed' uses none"):
         build_config(overrides={"method": "ciard", "weighting": "fixed", "w_nat": 0.3})
     with pytest.raises(ValueError, match="method 'ard' has no option"):
@@ -56,6 +56,37 @@ def test_options_inherit_their_parents_fields_and_rules():
     assert get_method("iad").Options().tau == 1.0 and get_method("ard").Options().tau == 30.0  # a default overridden
     field = {f.name: f for f in dataclasses.fields(ciard)}["eta_w"]
     assert option_rule(field) == "in [0, 1]" and "learning rate" in option_help(field)
+
+
+def test_a_renamed_option_is_read_under_its_former_name_and_never_shadows_a_config_field():
+    from ciard_fast.config import TrainConfig
+    from ciard_fast.engine.cli_train import parse_extra
+
+    # --teacher_lr is the config field (the lr of teachers trained first), for CIARD as for every method
+    config = build_config(overrides={"method": "ciard", "teacher_lr": 0.05})
+    assert (config.teacher_lr, config.method_args) == (0.05, {})
+    assert parse_extra(["--teacher_lr", "0.05", "--itt_lr", "3e-4"], "ciard") == {"teacher_lr": 0.05, "itt_lr": 3e-4}
+    assert build_config(overrides={"method": "ciard", "itt_lr": 3e-4}).method_args == {"itt_lr": 3e-4}
+    # the option's former names, in a YAML file's method_args, a flat key, or an old checkpoint's config
+    with pytest.warns(FutureWarning, match="'teacher_lr' is now called 'itt_lr'"):
+        config = build_config(overrides={"method": "ciard", "method_args": {"teacher_lr": 3e-4}})
+    assert (config.teacher_lr, config.method_args) == (TrainConfig.teacher_lr, {"itt_lr": 3e-4})
+    with pytest.warns(FutureWarning, match="'teacher_momentum' is now called 'itt_momentum'"):
+        assert build_config(overrides={"method": "ciard", "teacher_momentum": 0.5}).method_args == {"itt_momentum": 0.5}
+    with pytest.warns(FutureWarning):
+        assert TrainConfig(method="ciard", method_args={"teacher_weight_decay": 0.0}).method_args == \
+            {"itt_weight_decay": 0.0}
+    with pytest.warns(FutureWarning), pytest.raises(ValueError, match="itt_momentum must be in"):
+        build_config(overrides={"method": "ciard", "method_args": {"teacher_momentum": 1.0}})
+    with pytest.raises(ValueError, match="'teacher_lr' is the former name of 'itt_lr'; give only 'itt_lr'"):
+        build_config(overrides={"method": "ciard", "method_args": {"teacher_lr": 1e-4, "itt_lr": 2e-4}})
+    # R's ITT optimiser takes its lr from the option under its new name
+    from ciard_fast.schedules import ciard_teacher_lr
+
+    cls = get_method("ciard")
+    method = cls(tiny_convnet(), num_classes=10, epochs=12, robust_teacher=tiny_convnet(seed=1),
+                 clean_teacher=tiny_convnet(seed=2), options=cls.Options(itt_lr=3e-4))
+    assert method.teacher_lr(7) == ciard_teacher_lr(7, 12, 3e-4, start_epoch=2.0) > 0
 
 
 def test_option_fields_check_type_range_and_choices_and_read_numbers_in_tuples():

@@ -44,10 +44,15 @@ class CIARD(Method):
         itt: bool = option(True, "iterative teacher training of R on/off")
         T_push: float = option(5.0, "temperature of the student in the push loss", greater_than=0)
         E_itt: Optional[float] = option(None, "ITT starts after this epoch; None: E/6 (50 of 300)", at_least=0)
-        teacher_lr: float = option(1e-4, "peak ITT learning rate of R", greater_than=0)
-        teacher_momentum: float = option(0.1, "ITT SGD momentum", at_least=0, less_than=1)
-        teacher_weight_decay: float = option(2e-4, "ITT SGD weight decay", at_least=0)
+        itt_lr: float = option(1e-4, "peak ITT learning rate of R", greater_than=0)
+        itt_momentum: float = option(0.1, "ITT SGD momentum", at_least=0, less_than=1)
+        itt_weight_decay: float = option(2e-4, "ITT SGD weight decay", at_least=0)
         reference_code: bool = option(False, "the public code's step (ciard_reference.py)")
+
+        # Before: teacher_lr & co. A flat --teacher_lr is the config field (the lr of teachers
+        # trained first), so the option of the same name could only be reached as method_args.
+        renamed = {"teacher_lr": "itt_lr", "teacher_momentum": "itt_momentum",
+                   "teacher_weight_decay": "itt_weight_decay"}
 
         def check(self):
             super().check()
@@ -93,7 +98,7 @@ class CIARD(Method):
         return ciard_student_lr(epoch, self.epochs, self.base_lr)
 
     def teacher_lr(self, epoch):
-        return ciard_teacher_lr(epoch, self.epochs, self.options.teacher_lr, start_epoch=self.E_itt)
+        return ciard_teacher_lr(epoch, self.epochs, self.options.itt_lr, start_epoch=self.E_itt)
 
     def configure_optimizers(self):
         """Step 10's optimiser: plain SGD on R at `teacher_lr(epoch)` (0 until ITT starts)."""
@@ -101,7 +106,7 @@ class CIARD(Method):
             return ()
         opt = self.options
         return (OptimizerSpec("teacher_optimizer", roles=("robust_teacher",), lr=self.teacher_lr,
-                              momentum=opt.teacher_momentum, weight_decay=opt.teacher_weight_decay, kind="sgd"),)
+                              momentum=opt.itt_momentum, weight_decay=opt.itt_weight_decay, kind="sgd"),)
 
     def start_epoch(self, epoch):
         super().start_epoch(epoch)
