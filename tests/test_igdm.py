@@ -27,7 +27,7 @@ from ciard_fast.methods.fair_ard import FairARD
 from ciard_fast.methods.iad import IAD
 from ciard_fast.methods.igdm import IGDM, PAPER_ALPHA, igdm_alpha_option
 from ciard_fast.methods.rslad import RSLAD, rslad_terms
-from ciard_fast.methods.terms import ADV, NAT, StepContext
+from ciard_fast.methods.terms import ADV, StepContext
 
 from _tiny import tiny_convnet
 from method_contract import *  # noqa: F401,F403  (the contract tests, over TEST_METHODS)

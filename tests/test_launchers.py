@@ -10,7 +10,6 @@ import functools
 import itertools
 import json
 import os
-import signal
 import subprocess
 import sys
 import time

@@ -310,13 +310,3 @@ def test_runs_in_compare(tmp_path):
     assert all(0.0 <= row[k] <= 100.0 for k in ("clean", "fgsm", "pgd_sat"))
     run = json.loads((tmp_path / "cmp" / "dgad" / "seed-0" / "results.json").read_text())
     assert run["config"]["method_args"] == {"pcr_weight": 0.5}
-
-
-def test_no_option_shadows_a_config_field():
-    # an option named like a TrainConfig field could never be set from the command line
-    import dataclasses
-
-    from ciard_fast.config import FIELD_NAMES
-
-    options = {f.name for f in dataclasses.fields(get_method("dgad").Options)}
-    assert options and not options & set(FIELD_NAMES)

@@ -22,7 +22,7 @@ import torch.multiprocessing as mp
 import ciard_fast
 from ciard_fast.config import build_config
 from ciard_fast.engine.swa import swa_start_epoch
-from ciard_fast.methods import AttackSettings, get_method
+from ciard_fast.methods import AttackSettings
 from ciard_fast.methods.base import Method
 from ciard_fast.methods.igdm import IGDM
 from ciard_fast.methods.saad import (SAAD, LinearisedTeacherKL, entropy_weights, renyi_entropy,

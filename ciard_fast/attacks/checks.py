@@ -92,9 +92,11 @@ def assert_valid_adversarial(x_adv, x, eps, name="attack", atol=BALL_ATOL):
 
 
 def _modules_in_train_mode(model):
+    """The first five names of the modules of `model` in train mode, "" when none is."""
     if not isinstance(model, torch.nn.Module):
-        return []
-    return [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+        return ""
+    in_train = [name or type(model).__name__ for name, m in model.named_modules() if m.training]
+    return ", ".join(in_train[:5]) + (f" and {len(in_train) - 5} more" if len(in_train) > 5 else "")
 
 
 def check_model_sanity(model, x, y, strict=False, check_determinism=True):
@@ -111,9 +113,8 @@ def check_model_sanity(model, x, y, strict=False, check_determinism=True):
     `strict`. The model's mode is not changed; parameter gradients are not touched.
     """
     messages = []
-    in_train = _modules_in_train_mode(model)
-    if in_train:
-        shown = ", ".join(in_train[:5]) + (f" and {len(in_train) - 5} more" if len(in_train) > 5 else "")
+    shown = _modules_in_train_mode(model)
+    if shown:
         messages.append(f"model is in train mode ({shown}); evaluate with model.eval() — BatchNorm would use "
                         f"batch statistics and update its running statistics during the attacks")
     if x.shape[0] == 0:
@@ -165,9 +166,8 @@ def check_surrogate(surrogate, x, num_classes, strict=False):
         raise ValueError(f"the surrogate returns {classes} logits but the evaluated model {num_classes}: transfer "
                          f"attacks need a surrogate trained on the same classes (the same dataset)")
     messages = []
-    in_train = _modules_in_train_mode(surrogate)
-    if in_train:
-        shown = ", ".join(in_train[:5]) + (f" and {len(in_train) - 5} more" if len(in_train) > 5 else "")
+    shown = _modules_in_train_mode(surrogate)
+    if shown:
         messages.append(f"the surrogate is in train mode ({shown}); call surrogate.eval() — BatchNorm would craft "
                         f"the transfer attacks on batch statistics and update its running statistics")
     raise_or_warn(messages, strict)

@@ -38,7 +38,6 @@ training loader's setting) `update_bn`'s per-batch average equals PeerAiD's per-
 import numbers
 from typing import Any, Dict, Optional
 
-import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 

@@ -37,8 +37,6 @@ import os
 from collections.abc import Mapping
 from typing import Optional, Tuple
 
-import torch
-
 from .normalization import DATASET_STATS
 from .registry import create_model
 from .weights import load_weights
