@@ -457,14 +457,15 @@ def _method_option_names(method):
 def _method_renamed_options(method):
     from .methods import get_method
 
-    return get_method(method).Options.renamed
+    return getattr(get_method(method).Options, "renamed", {})
 
 
 def _current_option_names(method, method_args):
     """method_args under the method's current option names (`MethodOptions.renamed`)."""
     from .methods import get_method
+    from .options import with_current_names
 
-    return get_method(method).Options.with_current_names(method_args, method)
+    return with_current_names(get_method(method).Options, method_args, method)
 
 
 def _unknown_key_error(key, method, option_names):

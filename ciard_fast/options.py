@@ -28,7 +28,7 @@ import warnings
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Tuple
 
 __all__ = ["MethodOptions", "option", "check_option_fields", "check_type", "check_range", "check_choice",
-           "type_name", "matches", "option_help", "option_rule"]
+           "type_name", "matches", "option_help", "option_rule", "with_current_names"]
 
 # metadata keys of an option field
 _HELP, _BOUNDS, _CHOICES = "help", "bounds", "choices"
@@ -222,20 +222,22 @@ class MethodOptions:
     def names(cls) -> Tuple[str, ...]:
         return tuple(f.name for f in dataclasses.fields(cls))
 
-    @classmethod
-    def with_current_names(cls, method_args: Mapping[str, Any], method: str) -> dict:
-        """`method_args` with every former option name (`renamed`) replaced by the current one, a
-        FutureWarning for each (so an old config or checkpoint keeps working and says how to write
-        it now); both spellings of one option at once is a ValueError."""
-        current = {}
-        for key, value in method_args.items():
-            new = cls.renamed.get(key)
-            if new is None:
-                current[key] = value
-                continue
-            if new in method_args:
-                raise ValueError(f"method {method!r}: {key!r} is the former name of {new!r}; give only {new!r}")
-            warnings.warn(f"method {method!r}: the option {key!r} is now called {new!r}; read as {new}={value!r}",
-                          FutureWarning, stacklevel=2)
-            current[new] = value
-        return current
+
+def with_current_names(options_cls, method_args, method: str) -> dict:
+    """`method_args` with every former option name of `options_cls` (its `renamed`, old -> new)
+    replaced by the current one, a FutureWarning for each (so an old config or checkpoint keeps
+    working and says how to write it now); both spellings of one option at once is a ValueError.
+    Options that are a plain dataclass (no `renamed`) are returned as given."""
+    renamed = getattr(options_cls, "renamed", {})
+    current = {}
+    for key, value in method_args.items():
+        new = renamed.get(key)
+        if new is None:
+            current[key] = value
+            continue
+        if new in method_args:
+            raise ValueError(f"method {method!r}: {key!r} is the former name of {new!r}; give only {new!r}")
+        warnings.warn(f"method {method!r}: the option {key!r} is now called {new!r}; read as {new}={value!r}",
+                      FutureWarning, stacklevel=3)
+        current[new] = value
+    return current
