@@ -22,9 +22,10 @@ from .rslad import RSLAD
 class RSLADIGDM(RSLAD):
     name = "rslad_igdm"
     preset_overrides = {"method_args": {"igdm_alpha": PAPER_ALPHA}}
-    # the digits demo (demo-<method>): its lr 1.0 offsets the 1/C of the older methods' elementwise-mean
-    # KLs (docs/method.md §2); this loss is a per-example sum, C times larger, so the step is 0.1
-    preset_overrides_by_dataset = {"digits": {"lr": 0.1}}
+    # The digits demo (demo-<method>) keeps the demo's lr of 1.0, as RSLAD: RSLAD's terms stay
+    # elementwise means here, and only the IGDM term is a per-example sum. (lr 0.1, as for SAAD and
+    # adaad_igdm, whose whole loss is a per-example sum, left this loss undertrained: seed 0 on the
+    # development CPU, clean / worst 67.67 / 37.00 at lr 0.1 against 86.67 / 70.00 at lr 1.0.)
 
     @dataclasses.dataclass
     class Options(RSLAD.Options):
