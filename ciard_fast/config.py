@@ -449,15 +449,12 @@ def load_preset(name, _chain=None):
 
 
 def _method_option_names(method):
+    """(current option names, former ones): a config may give either; the former ones
+    (`MethodOptions.renamed`) are translated when the config is validated."""
     from .methods import get_method
 
-    return tuple(f.name for f in dataclasses.fields(get_method(method).Options))
-
-
-def _method_renamed_options(method):
-    from .methods import get_method
-
-    return getattr(get_method(method).Options, "renamed", {})
+    options = get_method(method).Options
+    return tuple(f.name for f in dataclasses.fields(options)), tuple(getattr(options, "renamed", {}))
 
 
 def _current_option_names(method, method_args):
@@ -499,19 +496,17 @@ def build_config(preset=None, config_file=None, overrides=None, base=None):
         method_args.update(layer.pop("method_args", None) or {})
         merged.update(layer)
     method = merged.get("method", TrainConfig.method)
-    option_names = _method_option_names(method)
-    renamed = _method_renamed_options(method)
+    option_names, former_names = _method_option_names(method)
     fields = {}
     for key, value in merged.items():
         if key in FIELD_NAMES:
             fields[key] = value
-        elif key in option_names or key in renamed:
+        elif key in option_names or key in former_names:
             method_args[key] = value
         else:
             raise _unknown_key_error(key, method, option_names)
-    method_args = _current_option_names(method, method_args)
     for key in method_args:
-        if key not in option_names:
+        if key not in option_names and key not in former_names:
             raise _unknown_key_error(key, method, option_names)
     config = TrainConfig(**fields, method_args=method_args)  # checks every field and the method's options
     object.__setattr__(config, "_out_dir_given", out_dir_given and config.out_dir is not None)

@@ -90,9 +90,6 @@ class ARD(Method):
         kd_weight: float = option(1.0, "α: weight of the KD term; 1 − α on the clean CE", at_least=0, at_most=1)
         attack_train_mode: bool = option(False, "attack with the student's BN in train mode, as the public code")
 
-    def __init__(self, student, **kwargs):
-        super().__init__(student, **kwargs)
-
     @property
     def teacher(self):
         return self.robust_teacher
