@@ -4,7 +4,6 @@ name the option and the expected type, every config field in `--help`, and under
 rank 0 prints."""
 import argparse
 import contextlib
-import io
 import os
 import sys
 
@@ -18,17 +17,7 @@ from ciard_fast.config import FIELD_GROUPS, FIELD_NAMES, GROUP_TITLES, TrainConf
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _tiny import tiny_convnet  # noqa: E402
-
-
-def run_cli(*argv):
-    """(exit status, stdout, stderr) of `ciard-fast *argv` in this process."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
+from _cli import run_cli  # noqa: E402
 
 
 def one_line_error(code, err, *words):

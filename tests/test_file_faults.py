@@ -4,7 +4,6 @@ empty, truncated, not a zip/pickle, text, a folder where a file should be (and a
 folder should be), a pickle without the expected keys. Each must end as one ValueError /
 FileNotFoundError naming the file and what to do (the command line: exit 2, one line) — never
 IndexError, KeyError, EOFError, UnpicklingError or a traceback."""
-import contextlib
 import io
 import os
 import pickle
@@ -14,9 +13,10 @@ import pytest
 import torch
 
 import ciard_fast
-from ciard_fast.cli import main
 from ciard_fast.config import build_config
 from ciard_fast.models import create_model, load_weights
+
+from _cli import run_cli
 
 FAULTS = ("empty", "truncated", "not torch", "text", "folder", "no keys")
 # words of a fix: every message says what to do
@@ -66,13 +66,9 @@ def clear(exc, path):
 
 
 def cli(*argv):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
+    """(exit status, stderr) of `ciard-fast *argv`."""
+    code, _, err = run_cli(*argv)
+    return code, err
 
 
 def one_line(code, err, path):

@@ -23,6 +23,7 @@ from ciard_fast.methods import base as base_mod
 
 from _tiny import tiny_convnet
 from method_contract import TINY, teacher_files, teachers_of  # noqa: F401  (teacher_files: a fixture)
+from test_baselines import AttackRecorder
 
 
 # ---- explicit math (float64), independent of the library -------------------------------------------
@@ -76,19 +77,6 @@ def make(epochs=300, num_classes=10, steps=3, **options):
 def batch(seed=0, B=12, C=10):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(B, 3, 16, 16, generator=g), torch.randint(0, C, (B,), generator=g)
-
-
-class AttackRecorder:
-    """Stands in for PGD: records its arguments and the student's mode, returns a fixed x'."""
-
-    def __init__(self, student, x):
-        g = torch.Generator().manual_seed(123)
-        self.x_adv = (x + 0.03 * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
-        self.student, self.calls = student, []
-
-    def __call__(self, model, x, y, **kwargs):
-        self.calls.append(dict(kwargs, student_training=self.student.training))
-        return self.x_adv.clone()
 
 
 def spread_temperatures(method, C=10):

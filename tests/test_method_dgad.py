@@ -24,6 +24,7 @@ from ciard_fast.methods import dgad as dgad_mod
 
 from _tiny import tiny_convnet
 from method_contract import TINY, teacher_files, teachers_of  # noqa: F401  (teacher_files: a fixture)
+from test_baselines import AttackRecorder
 from test_ciard_method import forbid_host_sync
 
 
@@ -112,17 +113,6 @@ def make(steps=3, **options):
 def batch(seed=0, B=12, C=10):
     g = torch.Generator().manual_seed(seed)
     return torch.rand(B, 3, 16, 16, generator=g), torch.randint(0, C, (B,), generator=g)
-
-
-class AttackRecorder:
-    def __init__(self, student, x):
-        g = torch.Generator().manual_seed(123)
-        self.x_adv = (x + 0.03 * torch.randn(x.shape, generator=g).sign()).clamp(0, 1)
-        self.student, self.calls = student, []
-
-    def __call__(self, model, x, y, **kwargs):
-        self.calls.append(dict(kwargs, student_training=self.student.training, model=model))
-        return self.x_adv.clone()
 
 
 # ---- the swaps ------------------------------------------------------------------------------------------

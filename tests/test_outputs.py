@@ -2,17 +2,16 @@
 user names (export --out and its model cards, eval --json, doctor --json, the JSON report, the
 out_dir of train / teacher / compare) is refused, exit 2 naming both paths, when writing it would
 replace a file being read or a run's own file; nothing is written then."""
-import contextlib
 import hashlib
-import io
 import os
 
 import pytest
 import torch
 
 import ciard_fast
-from ciard_fast.cli import main
 from ciard_fast.outputs import OutputPathError, check_output_file, run_folder_of
+
+from _cli import run_cli
 
 TINY = dict(
     dataset="synthetic", dataset_args={"num_samples": 96, "num_test": 32, "image_size": 16}, val_size=32,
@@ -41,13 +40,9 @@ def digest(folder):
 
 
 def cli(*argv):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, err.getvalue()
+    """(exit status, stderr) of `ciard-fast *argv`."""
+    code, _, err = run_cli(*argv)
+    return code, err
 
 
 def refused(code, err, *paths):

@@ -21,20 +21,11 @@ from ciard_fast.attacks.evaluate import default_hyperparameters
 from ciard_fast.attacks.protocols import PROTOCOLS
 from ciard_fast.cli import main
 
+from test_evaluate import K, _synthetic  # the same 4-class data as the standard table's tests
+
 NINE = ["clean", "fgsm", "pgd_sat", "pgd_trades", "cw", "transfer_pgd", "square", "transfer_cw", "aa"]
 NINE_LABELS = "| Clean | FGSM | PGD-SAT | PGD-TRADES | CW∞ | BB PGD-TRADES | Square | BB CW∞ | AA | Worst |"
-K = 4
 EPS = 2 / 255  # where the columns differ on the synthetic data (at 8/255 everything is 0%)
-
-
-def _synthetic(n, seed=0):
-    """4 classes whose means differ by ±0.02 per pixel under N(0, 0.08²) noise, quantised to k/255."""
-    g = torch.Generator().manual_seed(seed)
-    means = 0.5 + 0.02 * (torch.randint(0, 2, (K, 3, 16, 16), generator=g).float() * 2 - 1)
-    g2 = torch.Generator().manual_seed(seed + 1)
-    y = torch.randint(0, K, (n,), generator=g2)
-    x = (means[y] + 0.08 * torch.randn(n, 3, 16, 16, generator=g2)).clamp(0, 1)
-    return (x * 255).round() / 255, y
 
 
 def _train(model, x, y, steps, lr, seed=0, batch=64):

@@ -1,7 +1,5 @@
 """Check everything before training anything (`ciard_fast/engine/preflight.py`), compare's own
 teachers and interruptions, and settings that would otherwise be silently ignored."""
-import contextlib
-import io
 import json
 import os
 import pickle
@@ -13,11 +11,12 @@ import pytest
 import torch
 
 import ciard_fast
-from ciard_fast.cli import main
 from ciard_fast.engine import api
 from ciard_fast.engine.compare import compare
 from ciard_fast.engine.preflight import UnusedSettingWarning
 from ciard_fast.engine.signals import RunInterrupted
+
+from _cli import run_cli
 
 TINY = dict(
     dataset="synthetic", dataset_args={"num_samples": 96, "num_test": 32, "image_size": 16}, val_size=32,
@@ -51,14 +50,7 @@ def truncated_weights(path, model="small_cnn", **kw):
     return str(path)
 
 
-def cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exit_:
-            code = exit_.code
-    return code, out.getvalue(), err.getvalue()
+cli = run_cli
 
 
 # ---- 5. before the first teacher or student trains -------------------------------------------------
