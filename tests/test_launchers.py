@@ -426,6 +426,32 @@ def test_a_failed_teachers_job_cancels_the_runs_waiting_for_it_and_a_rerun_submi
     assert (tmp_path / "cmp" / "teachers" / "robust.pt").is_file()
 
 
+def test_only_rank_0_writes_a_runs_row(tmp_path, monkeypatch):
+    # Every rank of a multi-GPU job runs the same compare step; only rank 0 evaluates the test split.
+    # Rank 1's row (no accuracies) once overwrote rank 0's now and then, and the table came out empty.
+    from types import SimpleNamespace
+
+    from ciard_fast.config import build_config
+    from ciard_fast.engine import api
+    from ciard_fast.engine.distributed import DistContext
+
+    config = build_config(overrides={**TINY, "method": "natural", "out_dir": str(tmp_path / "run")})
+    row_file = tmp_path / "run" / compare_module.ROW_FILE
+
+    def fake_train(config, **kwargs):
+        os.makedirs(config.resolved_out_dir(), exist_ok=True)
+        metrics = {"clean": 50.0} if compare_module.get_context().is_main else {}
+        return SimpleNamespace(metrics=metrics, history=[], evaluated_weights="best.pt")
+
+    monkeypatch.setattr(api, "train", fake_train)
+    monkeypatch.setattr(compare_module, "get_context", lambda: DistContext(rank=1, world_size=2))
+    assert compare_module._run_method(config, reuse=False, teacher_times={}).get("clean") is None
+    assert not row_file.exists()
+    monkeypatch.setattr(compare_module, "get_context", lambda: DistContext(rank=0, world_size=2))
+    compare_module._run_method(config, reuse=False, teacher_times={})
+    assert json.loads(row_file.read_text())["row"]["clean"] == 50.0
+
+
 @pytest.mark.slow
 def test_a_job_with_two_gpus_trains_its_run_under_ddp(tmp_path, slurm, hooks):
     world = tmp_path / "world"

@@ -48,6 +48,7 @@ from ..atomic import save_torch_atomic, write_text_atomic
 from ..tables import MISSING, column_label, format_accuracy, order_columns, render_table
 from . import checkpoint as ckpt
 from . import launchers, stats
+from .distributed import get_context
 from ..models import robustbench
 from .signals import RunInterrupted
 from .teachers import (TEACHER_ARCHITECTURE_FIELDS, TEACHER_FIELDS, TEACHER_KINDS, TEACHER_METHODS, ensure_teacher,
@@ -627,7 +628,10 @@ def _run_method(config, reuse, teacher_times):
     row.update(train_seconds=seconds, images_per_s=images / seconds if seconds > 0 else 0.0,
                wall_seconds=wall, epochs=len(result.history), student=config.student,
                out_dir=config.resolved_out_dir(), weights=result.evaluated_weights)
-    write_text_atomic(row_path, json.dumps({**wanted, "row": row}, indent=2))
+    # Under DDP (a job with several GPUs) every rank runs this, but only rank 0 evaluated the test
+    # split: another rank's row has no accuracies and, written last, would empty the table.
+    if get_context().is_main:
+        write_text_atomic(row_path, json.dumps({**wanted, "row": row}, indent=2))
     return row
 
 
